@@ -1,0 +1,86 @@
+"""One error root for the whole package, with typed families below it.
+
+Users catch :class:`XquteError`; code that wants to react to one kind of
+failure catches the family.  Every SSH error names the host it concerns and,
+where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class XquteError(Exception):
+    """Root of every error raised on purpose by xqute_ssh."""
+
+
+class ConfigError(XquteError, ValueError):
+    """Bad input detected before anything runs (a ValueError too)."""
+
+
+class JobSubmissionError(XquteError):
+    """A job could not be submitted; the job ends FAILED with this message."""
+
+
+class WorkdirError(XquteError, OSError):
+    """The workdir (or a job's metadir) cannot be created or written."""
+
+
+# --------------------------------------------------------------------- SSH
+class SshError(XquteError):
+    """Something went wrong talking to one SSH host.
+
+    Attributes:
+        host: ``user@host:port`` (or as much of it as is known).
+        retryable: True when the same operation may succeed on a new attempt
+            (a lost connection, a timeout), False when it never will
+            (authentication, host key).
+    """
+
+    retryable: bool = False
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class SshConnectError(SshError):
+    """The host is unreachable, refused the connection or did not answer in time."""
+
+    retryable = True
+
+
+class SshAuthError(SshError):
+    """The server rejected every authentication method we tried."""
+
+
+class SshHostKeyError(SshError):
+    """The server's host key is unknown or does not match known_hosts."""
+
+
+class SshConnectionLost(SshError):
+    """The connection (or the control session on it) dropped mid-operation."""
+
+    retryable = True
+
+
+class SshTimeoutError(SshError, TimeoutError):
+    """An operation (or waiting for a free session) took longer than allowed."""
+
+    retryable = True
+
+
+class SshPoolClosed(SshError):
+    """The pool was closed; no more operations are accepted."""
+
+
+class RemoteCommandError(SshError):
+    """A remote command that must succeed exited non-zero.
+
+    Attributes:
+        returncode: the command's exit status.
+        stderr: what it wrote to stderr (already in the message, trimmed).
+    """
+
+    def __init__(self, host: str, message: str, returncode: int, stderr: str = "") -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(host, message)

@@ -1,0 +1,154 @@
+"""Small file operations that never block the event loop.
+
+Every function runs the real work in a worker thread and accepts local paths
+and cloudpathlib paths alike.  Status reads for many jobs are batched into one
+thread hop (:func:`read_many`), since polling is the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cloudpathlib import CloudPath
+
+from .path import AnyPathLike, SpecPath
+
+PathArg = AnyPathLike | SpecPath
+
+
+def _p(path: PathArg) -> AnyPathLike:
+    return path.path if isinstance(path, SpecPath) else path
+
+
+def read_text_sync(path: PathArg) -> str | None:
+    """The file's text, or None when it does not exist."""
+    try:
+        return _p(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
+    """Write a whole file; local files are replaced atomically (tmp + rename).
+
+    Readers on the other side of a shared filesystem then see either the old
+    or the new content, never half of it.
+    """
+    target = _p(path)
+    if isinstance(target, CloudPath):
+        target.write_text(text)
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def append_text_sync(path: PathArg, text: str) -> None:
+    target = _p(path)
+    if isinstance(target, CloudPath):
+        old = target.read_text() if target.exists() else ""
+        target.write_text(old + text)
+        return
+    with open(target, "a", encoding="utf-8", errors="surrogateescape") as fh:
+        fh.write(text)
+
+
+def unlink_sync(path: PathArg) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _p(path).unlink()
+
+
+def move_sync(src: PathArg, dst: PathArg) -> None:
+    """Move a file if it exists (a missing source is not an error)."""
+    s, d = _p(src), _p(dst)
+    if isinstance(s, CloudPath) or isinstance(d, CloudPath):
+        if s.exists():
+            s.rename(d)  # type: ignore[arg-type]
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(s, d)
+
+
+def rmtree_sync(path: PathArg) -> None:
+    target = _p(path)
+    if isinstance(target, CloudPath):
+        if target.exists():
+            target.rmtree()
+        return
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def mkdir_sync(path: PathArg) -> None:
+    _p(path).mkdir(parents=True, exist_ok=True)
+
+
+async def read_text(path: PathArg) -> str | None:
+    return await asyncio.to_thread(read_text_sync, path)
+
+
+async def write_text(path: PathArg, text: str, mode: int = 0o644) -> None:
+    await asyncio.to_thread(write_text_sync, path, text, mode)
+
+
+async def append_text(path: PathArg, text: str) -> None:
+    await asyncio.to_thread(append_text_sync, path, text)
+
+
+async def unlink(path: PathArg) -> None:
+    await asyncio.to_thread(unlink_sync, path)
+
+
+async def mkdir(path: PathArg) -> None:
+    await asyncio.to_thread(mkdir_sync, path)
+
+
+async def exists(path: PathArg) -> bool:
+    return await asyncio.to_thread(_p(path).exists)
+
+
+def _read_many(paths: Sequence[PathArg]) -> list[str | None]:
+    return [read_text_sync(p) for p in paths]
+
+
+async def read_many(paths: Iterable[PathArg]) -> list[str | None]:
+    """Read many small files in one worker-thread hop (None for missing ones)."""
+    items = list(paths)
+    if not items:
+        return []
+    return await asyncio.to_thread(_read_many, items)
+
+
+def _move_many(pairs: Sequence[tuple[PathArg, PathArg]]) -> None:
+    for src, dst in pairs:
+        move_sync(src, dst)
+
+
+async def move_many(pairs: Sequence[tuple[PathArg, PathArg]]) -> None:
+    """Move several files (missing ones skipped) in one worker-thread hop."""
+    await asyncio.to_thread(_move_many, pairs)
+
+
+def _unlink_many(paths: Sequence[PathArg]) -> None:
+    for path in paths:
+        unlink_sync(path)
+
+
+async def unlink_many(paths: Sequence[PathArg]) -> None:
+    """Remove several files (missing ones skipped) in one worker-thread hop."""
+    await asyncio.to_thread(_unlink_many, paths)
+
+
+def is_local(path: PathArg) -> bool:
+    return isinstance(_p(path), Path)

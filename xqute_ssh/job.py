@@ -1,0 +1,238 @@
+"""Job: one command, one metadata directory.
+
+The on-disk layout is xqute's, so existing tools read it::
+
+    <workdir>/<index>/job.wrapped.<scheduler>   the script that runs
+                     /job.stdout, job.stderr      the command's output
+                     /job.status                  an int (JobStatus)
+                     /job.rc                      the return code
+                     /job.jid                     the scheduler's job id
+                     /job.retry/<trial>/          an earlier attempt's files
+
+The files written by the wrapper on the host are the source of truth.  The
+in-memory ``status`` is the last status the engine has acted on (fired hooks
+for); the poller moves it forward through ``Scheduler.transition_job_status``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import fileio
+from .errors import ConfigError
+from .path import SpecPath
+from .status import JobStatus
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Names the engine sets for every job; a user may not override them.
+RESERVED_ENVS = frozenset({"XQUTE_JOB_INDEX", "XQUTE_METADIR", "XQUTE_JOB_METADIR"})
+
+
+def normalize_cmd(cmd: str | Sequence[Any]) -> str | list[str]:
+    """Check a command and turn its items into strings.
+
+    A string is shell code (run by bash); a sequence is an argv whose items
+    reach the program byte for byte.
+    """
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise ConfigError("the command is empty: give a program to run")
+        if "\0" in cmd:
+            raise ConfigError("the command contains a NUL byte, which no shell can pass")
+        return cmd
+    if isinstance(cmd, bytes | bytearray):
+        raise ConfigError("give the command as str or a list of str, not bytes")
+    items = [
+        (os_fsdecode(item) if isinstance(item, bytes) else str(item)) for item in cmd
+    ]
+    if not items or items[0] == "":
+        raise ConfigError("the command is empty: give a program to run")
+    for item in items:
+        if "\0" in item:
+            raise ConfigError(
+                f"command argument {item!r} contains a NUL byte, which no program "
+                "can receive"
+            )
+    return items
+
+
+def os_fsdecode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def normalize_envs(envs: Mapping[str, Any] | None) -> dict[str, str]:
+    """Check env names (shell identifiers) and values (no NUL), as strings."""
+    out: dict[str, str] = {}
+    for name, value in (envs or {}).items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ConfigError(
+                f"env name {name!r} is not a shell identifier "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        if name in RESERVED_ENVS:
+            raise ConfigError(f"env name {name!r} is set by xqute_ssh itself")
+        if value is None:
+            raise ConfigError(f"env {name!r} has the value None; give a string")
+        text = os_fsdecode(value) if isinstance(value, bytes) else str(value)
+        if "\0" in text:
+            raise ConfigError(f"env {name!r} contains a NUL byte")
+        out[name] = text
+    return out
+
+
+class Job:
+    """One command and its metadata directory.
+
+    Args:
+        index: position in the run; names the metadir.
+        cmd: shell code (str) or an argv (sequence).
+        workdir: the run's workdir (a SpecPath, or anything path-like).
+        envs: extra environment variables for the job's process.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        cmd: str | Sequence[Any],
+        workdir: SpecPath | str,
+        envs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.index = index
+        self.cmd: str | list[str] = normalize_cmd(cmd)
+        self.envs: dict[str, str] = normalize_envs(envs)
+        self.metadir: SpecPath = SpecPath(workdir) / str(index)
+        self.trial_count = 0
+        #: Free-form data a scheduler keeps about the current attempt
+        #: (the SSH scheduler records the host here).
+        self.extra: dict[str, Any] = {}
+        self._status = JobStatus.INIT
+        self._jid: str | None = None
+        self._started_hook_done = False
+        self._retry_pending = False
+        self.submitted_at: float | None = None
+        self.ended_at: float | None = None
+
+    def __repr__(self) -> str:
+        jid = f" jid={self._jid}" if self._jid else ""
+        return f"<Job {self.index} {self._status.name}{jid}: {self.strcmd[:60]}>"
+
+    # ------------------------------------------------------------ files
+    @property
+    def stdout_file(self) -> SpecPath:
+        return self.metadir / "job.stdout"
+
+    @property
+    def stderr_file(self) -> SpecPath:
+        return self.metadir / "job.stderr"
+
+    @property
+    def status_file(self) -> SpecPath:
+        return self.metadir / "job.status"
+
+    @property
+    def rc_file(self) -> SpecPath:
+        return self.metadir / "job.rc"
+
+    @property
+    def jid_file(self) -> SpecPath:
+        return self.metadir / "job.jid"
+
+    @property
+    def retry_dir(self) -> SpecPath:
+        return self.metadir / "job.retry"
+
+    def wrapped_script_file(self, scheduler_name: str) -> SpecPath:
+        return self.metadir / f"job.wrapped.{scheduler_name}"
+
+    @property
+    def strcmd(self) -> str:
+        """The command as one shell-quoted line, for logs and displays."""
+        if isinstance(self.cmd, str):
+            return self.cmd
+        return shlex.join(self.cmd)
+
+    # ----------------------------------------------------------- status
+    @property
+    def status(self) -> JobStatus:
+        """The last status the engine acted on (no I/O)."""
+        return self._status
+
+    async def get_status(self, refresh: bool = False) -> JobStatus:
+        """The job's status; with ``refresh``, what its status file says now.
+
+        Refreshing reads the file only while the job is active (the wrapper
+        writes it then); it does not change ``status`` or fire hooks, which
+        is the poller's job.
+        """
+        if refresh and self._status.is_active:
+            parsed = JobStatus.parse(await fileio.read_text(self.status_file) or "")
+            if parsed is not None:
+                return parsed
+        return self._status
+
+    async def set_status(self, status: JobStatus) -> None:
+        """Set the status and write it to job.status (no hooks fire)."""
+        await fileio.write_text(self.status_file, f"{int(status)}\n")
+        self._set_status_nofile(JobStatus(status))
+
+    def _set_status_nofile(self, status: JobStatus) -> None:
+        if status.is_active and self.submitted_at is None:
+            self.submitted_at = time.time()
+        if status.is_terminal:
+            self.ended_at = time.time()
+        self._status = status
+
+    async def get_rc(self) -> int | None:
+        """The return code from job.rc, or None when there is none yet."""
+        text = await fileio.read_text(self.rc_file)
+        try:
+            return int(text.strip()) if text else None
+        except ValueError:
+            return None
+
+    async def get_jid(self) -> str | None:
+        if self._jid is None:
+            text = await fileio.read_text(self.jid_file)
+            self._jid = (text.strip() or None) if text else None
+        return self._jid
+
+    async def set_jid(self, jid: str | int | None) -> None:
+        if jid is None or jid == "":
+            self._jid = None
+            await fileio.unlink(self.jid_file)
+            return
+        self._jid = str(jid)
+        await fileio.write_text(self.jid_file, f"{self._jid}\n")
+
+    @property
+    def jid(self) -> str | None:
+        """The job id known in memory (no I/O)."""
+        return self._jid
+
+    async def clean(self, retry: bool = False) -> None:
+        """Remove the previous attempt's files before a new attempt.
+
+        With ``retry`` they are moved to ``job.retry/<trial_count>/`` instead,
+        so nothing of a failed attempt is lost.
+        """
+        files = (
+            self.stdout_file,
+            self.stderr_file,
+            self.status_file,
+            self.rc_file,
+            self.jid_file,
+        )
+        if retry:
+            dest = self.retry_dir / str(self.trial_count)
+            await fileio.mkdir(dest)
+            await fileio.move_many([(f, dest / f.name) for f in files])
+        else:
+            await fileio.unlink_many(files)
+        self._jid = None
+        self._started_hook_done = False
+        self.submitted_at = None
+        self.ended_at = None

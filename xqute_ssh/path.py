@@ -1,0 +1,125 @@
+"""SpecPath: one path seen from two places.
+
+The controller reads and writes job files at ``path``; the job's host sees the
+same file at ``mounted`` (a shared filesystem mounted elsewhere, or the same
+path when nothing is remapped).  Either side may be a local path or a
+cloudpathlib path (s3://, gs://, az://).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cloudpathlib import AnyPath, CloudPath
+
+AnyPathLike = Path | CloudPath
+MountedPath = PurePosixPath | CloudPath
+
+
+def as_path(value: str | os.PathLike[str] | CloudPath) -> AnyPathLike:
+    """A local ``Path`` or a ``CloudPath`` for a string such as ``s3://b/k``."""
+    if isinstance(value, CloudPath | Path):
+        return value
+    path = AnyPath(str(value))
+    if isinstance(path, Path):
+        return path.expanduser()
+    return path  # type: ignore[return-value]
+
+
+class SpecPath(os.PathLike[str]):
+    """A path as the controller sees it, with ``.mounted`` as the host sees it.
+
+    ``SpecPath("/data/wd", mounted="/mnt/wd") / "1"`` is ``/data/wd/1`` here and
+    ``/mnt/wd/1`` on the host.  Attribute access not defined here (``exists``,
+    ``read_text``, ...) goes to the controller-side path, so frameworks that
+    treat job files as plain paths keep working.
+    """
+
+    __slots__ = ("_mounted", "path")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | CloudPath,
+        mounted: str | os.PathLike[str] | CloudPath | None = None,
+    ) -> None:
+        if isinstance(path, SpecPath):
+            mounted = mounted if mounted is not None else path._mounted
+            path = path.path
+        self.path: AnyPathLike = as_path(path)
+        self._mounted: MountedPath | None
+        if mounted is None:
+            self._mounted = None
+        elif isinstance(mounted, CloudPath):
+            self._mounted = mounted
+        else:
+            text = str(mounted)
+            self._mounted = (
+                as_path(text)  # type: ignore[assignment]
+                if "://" in text
+                else PurePosixPath(text)
+            )
+
+    @property
+    def mounted(self) -> MountedPath:
+        """The same path as the job's host sees it."""
+        if self._mounted is not None:
+            return self._mounted
+        if isinstance(self.path, CloudPath):
+            return self.path
+        return PurePosixPath(str(self.path))
+
+    @property
+    def is_cloud(self) -> bool:
+        return isinstance(self.path, CloudPath)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def parent(self) -> SpecPath:
+        return SpecPath(self.path.parent, self.mounted.parent)
+
+    def joinpath(self, *parts: str) -> SpecPath:
+        path: Any = self.path
+        mounted: Any = self.mounted
+        for part in parts:
+            path = path / part
+            mounted = mounted / part
+        return SpecPath(path, mounted if self._mounted is not None else None)
+
+    def __truediv__(self, part: str) -> SpecPath:
+        return self.joinpath(part)
+
+    def __fspath__(self) -> str:
+        if isinstance(self.path, CloudPath):
+            raise TypeError(f"{self.path} is a cloud path, not a local file path")
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        if self._mounted is None:
+            return f"SpecPath({str(self.path)!r})"
+        return f"SpecPath({str(self.path)!r}, mounted={str(self._mounted)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SpecPath):
+            return str(self.path) == str(other.path) and str(self.mounted) == str(
+                other.mounted
+            )
+        if isinstance(other, str | os.PathLike):
+            return str(self.path) == str(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((str(self.path), str(self.mounted)))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not defined here: delegate to the local side.
+        if name.startswith("__") or name in ("path", "_mounted"):
+            raise AttributeError(name)
+        return getattr(self.path, name)

@@ -1,0 +1,476 @@
+"""The abstract Scheduler: one place for wrapping, transitions and hooks.
+
+A backend implements three coroutines: ``submit_job`` (start the wrapper,
+return a job id), ``kill_job`` and ``job_is_running``.  Everything else, the
+wrapper script, status transitions, plugin hooks, retries and halting, lives
+here so that every backend behaves the same.
+
+Frameworks subclass backends with mixins (``class MySsh(Mixin, SshScheduler)``),
+override ``job_class`` and call ``await post_init()`` themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from . import fileio
+from .errors import ConfigError
+from .job import Job
+from .path import SpecPath
+from .plugin import plugin
+from .status import JobErrorStrategy, JobStatus, is_legal
+from .wrapper import WrapperSpec, render
+
+logger = logging.getLogger("xqute_ssh")
+
+#: What a job's wrapper is started with; subclasses may change the shell path.
+DEFAULT_SHEBANG = "#!/usr/bin/env bash"
+
+
+class Scheduler(ABC):
+    """Run jobs somewhere and follow them to the end.
+
+    Args:
+        workdir: where job metadirs live, as the controller sees it.
+        forks: how many jobs may be active at once.
+        error_strategy: "ignore", "retry" or "halt".
+        num_retries: how many times a failed job is retried ("retry").
+        prescript / postscript: bash run before / after every command.
+        jobname_prefix: a prefix for job names (defaults to the scheduler name).
+        submission_batch: how many submissions may be in flight at once.
+        recheck_interval: every how many poll cycles to check that active jobs'
+            processes are still alive (``job_fails_before_running``).
+        cwd: the directory jobs run in (default: wherever the backend starts them).
+        timeout: seconds after which a job is killed (0: never); it then ends
+            FAILED with rc 124.
+        mounted_workdir: the workdir as the job's host sees it.
+        poll_interval: seconds between poll cycles.
+        kill_grace: seconds between TERM and KILL when a job is killed.
+    """
+
+    name: ClassVar[str] = "base"
+    job_class: type[Job] = Job
+
+    def __init__(
+        self,
+        workdir: str | SpecPath | Any,
+        forks: int = 1,
+        error_strategy: str | JobErrorStrategy = JobErrorStrategy.IGNORE,
+        num_retries: int = 3,
+        prescript: str = "",
+        postscript: str = "",
+        jobname_prefix: str | None = None,
+        submission_batch: int | None = None,
+        recheck_interval: int = 10,
+        cwd: str | None = None,
+        timeout: float = 0,
+        mounted_workdir: str | None = None,
+        poll_interval: float = 0.1,
+        kill_grace: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            names = ", ".join(sorted(kwargs))
+            raise ConfigError(
+                f"unknown option(s) for the {self.name} scheduler: {names}"
+            )
+        if not isinstance(forks, int) or isinstance(forks, bool) or forks < 1:
+            raise ConfigError(f"forks must be a whole number >= 1, got {forks!r}")
+        if not isinstance(num_retries, int) or num_retries < 0:
+            raise ConfigError(f"num_retries must be >= 0, got {num_retries!r}")
+        if timeout is None or timeout < 0:
+            raise ConfigError(f"timeout must be >= 0 seconds (0: none), got {timeout!r}")
+        if poll_interval <= 0:
+            raise ConfigError(f"poll_interval must be > 0, got {poll_interval!r}")
+        if submission_batch is not None and submission_batch < 1:
+            raise ConfigError(f"submission_batch must be >= 1, got {submission_batch!r}")
+        self.workdir = SpecPath(workdir, mounted_workdir)
+        self.forks = forks
+        self.error_strategy = JobErrorStrategy.parse(error_strategy)
+        self.num_retries = num_retries
+        self.prescript = prescript or ""
+        self.postscript = postscript or ""
+        self.jobname_prefix = jobname_prefix or self.name
+        self.submission_batch = submission_batch or min(forks, 8)
+        self.recheck_interval = max(1, int(recheck_interval))
+        self.cwd = cwd
+        self.timeout = float(timeout)
+        self.poll_interval = float(poll_interval)
+        self.kill_grace = float(kill_grace)
+        #: Set once a job failed for good under the "halt" strategy.
+        self.halted = False
+        #: Set by backends when something changed (a local job exited) so the
+        #: poller looks now instead of at the next interval.
+        self.wakeup = asyncio.Event()
+        self._post_init_done = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} workdir={str(self.workdir)!r} forks={self.forks}>"
+
+    async def post_init(self) -> None:
+        """Async set-up after construction (connections, checks); idempotent.
+
+        Subclasses extend it and call ``await super().post_init()``.
+        """
+        self._post_init_done = True
+
+    async def shutdown(self) -> None:
+        """Release what the backend holds (connections, watchers); idempotent."""
+
+    # ----------------------------------------------------------------- jobs
+    def create_job(
+        self, index: int, cmd: str | Sequence[Any], envs: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Create a job (its command and envs are checked here)."""
+        return self.job_class(index, cmd, self.workdir, envs)
+
+    # ------------------------------------------------------- wrapper script
+    @property
+    def jobcmd_wrapper_init(self) -> str:
+        """Backend-specific lines right after the shebang (e.g. directives)."""
+        return ""
+
+    def jobcmd_shebang(self, job: Job) -> str:
+        return DEFAULT_SHEBANG
+
+    def jobcmd_init(self, job: Job) -> str:
+        return _join(plugin.hooks.on_jobcmd_init(self, job))
+
+    def jobcmd_prep(self, job: Job) -> str:
+        return _join([self.prescript, *_list(plugin.hooks.on_jobcmd_prep(self, job))])
+
+    def jobcmd_end(self, job: Job) -> str:
+        return _join([*_list(plugin.hooks.on_jobcmd_end(self, job)), self.postscript])
+
+    def wrapper_spec(self, job: Job) -> WrapperSpec:
+        """The values the wrapper is rendered from; backends may adjust them."""
+        return WrapperSpec(
+            cmd=job.cmd,
+            job_index=job.index,
+            metadir=str(self.workdir.mounted),
+            job_metadir=str(job.metadir.mounted),
+            envs=job.envs,
+            shebang=self.jobcmd_shebang(job),
+            wrapper_init=self.jobcmd_wrapper_init,
+            hook_init=self.jobcmd_init(job),
+            hook_prep=self.jobcmd_prep(job),
+            hook_end=self.jobcmd_end(job),
+            timeout=self.timeout,
+            kill_grace=self.kill_grace,
+            cwd=self.cwd,
+        )
+
+    def wrap_job_script(self, job: Job) -> str:
+        """The wrapper script's text for a job."""
+        return render(self.wrapper_spec(job))
+
+    async def wrapped_job_script(self, job: Job) -> SpecPath:
+        """Write the wrapper script to the job's metadir; return its path."""
+        path = job.wrapped_script_file(self.name)
+        await fileio.write_text(path, self.wrap_job_script(job), mode=0o700)
+        return path
+
+    # ----------------------------------------------------------- transitions
+    async def transition_job_status(
+        self,
+        job: Job,
+        new_status: JobStatus,
+        rc: str | int | None = None,
+        error_msg: str | None = None,
+        is_killed: bool = False,
+        *,
+        persist: bool = False,
+    ) -> None:
+        """The one place where a job's status changes.
+
+        Logs the change, fires the hooks (``on_job_started`` once per attempt
+        before any end hook), writes rc and an error message when given, and
+        decides retry or halt on a failure.  ``persist`` also writes
+        job.status: only for statuses the controller decides (a kill, a
+        submission failure, a lost process), never for ones read from the
+        file the wrapper writes, which could be overtaken by a newer one.
+        """
+        new_status = JobStatus(new_status)
+        old = job.status
+        if old == new_status and not persist and rc is None and not error_msg:
+            return
+        if not is_legal(old, new_status):
+            logger.debug("job %s: ignoring %s -> %s", job.index, old.name, new_status.name)
+            return
+        if error_msg:
+            text = error_msg if error_msg.endswith("\n") else error_msg + "\n"
+            await fileio.append_text(job.stderr_file, text)
+        if rc is not None:
+            await fileio.write_text(job.rc_file, f"{rc}\n")
+        if persist:
+            await job.set_status(new_status)
+        else:
+            job._set_status_nofile(new_status)
+        if old != new_status:
+            logger.debug("job %s: %s -> %s", job.index, old.name, new_status.name)
+
+        if new_status == JobStatus.QUEUED:
+            job._started_hook_done = False
+            await plugin.hooks.on_job_queued(self, job)
+        elif new_status == JobStatus.SUBMITTED:
+            await plugin.hooks.on_job_submitted(self, job)
+        elif new_status == JobStatus.RUNNING:
+            await self._fire_started(job)
+        elif new_status == JobStatus.FINISHED:
+            await self._fire_started(job)
+            if is_killed:
+                await plugin.hooks.on_job_killed(self, job)
+            else:
+                await plugin.hooks.on_job_succeeded(self, job)
+        elif new_status == JobStatus.FAILED:
+            await self._fire_started(job)
+            if is_killed:
+                await plugin.hooks.on_job_killed(self, job)
+            elif self._should_retry(job):
+                logger.warning(
+                    "job %s failed (attempt %d of %d); it will be retried",
+                    job.index, job.trial_count + 1, self.num_retries + 1,
+                )
+                job._retry_pending = True
+            else:
+                logger.info("job %s failed", job.index)
+                await plugin.hooks.on_job_failed(self, job)
+                if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
+                    logger.error(
+                        "job %s failed and error_strategy is 'halt': stopping the run",
+                        job.index,
+                    )
+                    self.halted = True
+                    self.wakeup.set()
+
+    async def _fire_started(self, job: Job) -> None:
+        if not job._started_hook_done:
+            job._started_hook_done = True
+            await plugin.hooks.on_job_started(self, job)
+
+    def _should_retry(self, job: Job) -> bool:
+        return (
+            self.error_strategy == JobErrorStrategy.RETRY
+            and job.trial_count < self.num_retries
+            and not self.halted
+        )
+
+    # ------------------------------------------------------------ submission
+    async def job_is_submitted_or_running(self, job: Job) -> bool:
+        """Whether the job is already running from an earlier controller.
+
+        A job id on disk whose process is still alive means a previous run
+        started it: re-attach to it instead of starting it twice.
+        """
+        jid = await job.get_jid()
+        if not jid:
+            return False
+        try:
+            alive = await self.job_is_running(job)
+        except Exception as exc:  # a host that is down: cannot tell, so start anew
+            logger.warning("job %s: cannot check job id %s: %s", job.index, jid, exc)
+            return False
+        if not alive:
+            return False
+        status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+        if status is None or not status.is_active:
+            status = JobStatus.SUBMITTED
+        logger.info("job %s: re-attached to %s, still running", job.index, jid)
+        await self.transition_job_status(job, JobStatus.SUBMITTED)
+        if status != JobStatus.SUBMITTED:
+            await self.transition_job_status(job, status)
+        return True
+
+    async def submit_job_and_update_status(self, job: Job) -> None:
+        """Submit a job and record the outcome.
+
+        Re-attaches instead if the job still runs from an earlier controller;
+        lets ``on_job_submitting`` cancel; cleans the previous attempt's files;
+        writes SUBMITTED *before* starting the job (the job writes RUNNING and
+        its end itself, so the controller can never overwrite those); on a
+        failure the job ends FAILED with the reason in job.stderr.
+        """
+        if await self.job_is_submitted_or_running(job):
+            return
+        if await plugin.hooks.on_job_submitting(self, job) is False:
+            if not job.status.is_terminal:
+                await self.transition_job_status(
+                    job, JobStatus.FAILED, rc=-1,
+                    error_msg="xqute: submission cancelled by a plugin", persist=True,
+                )
+            return
+        try:
+            await job.clean()
+            await job.set_status(JobStatus.SUBMITTED)
+            job._set_status_nofile(JobStatus.QUEUED)  # hooks fire below
+            jid = await self.submit_job(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error("job %s: submission failed: %s", job.index, exc)
+            await self.transition_job_status(
+                job, JobStatus.FAILED, rc=-1,
+                error_msg=f"xqute: failed to submit the job: {exc}", persist=True,
+            )
+            return
+        await job.set_jid(jid)
+        await self.transition_job_status(job, JobStatus.SUBMITTED)
+        self.wakeup.set()
+
+    async def retry_job(self, job: Job) -> None:
+        """Archive the failed attempt in job.retry/<n> and submit again."""
+        job._retry_pending = False
+        await job.clean(retry=True)
+        job.trial_count += 1
+        await self.transition_job_status(job, JobStatus.QUEUED)
+        await self.submit_job_and_update_status(job)
+
+    # ------------------------------------------------------------------ kill
+    async def kill_job_and_update_status(self, job: Job) -> None:
+        """Kill a job (TERM, grace, KILL) and record it as killed."""
+        old = job.status
+        job._set_status_nofile(JobStatus.KILLING)
+        if await plugin.hooks.on_job_killing(self, job) is False:
+            job._set_status_nofile(old)
+            return
+        error = None
+        try:
+            await self.kill_job(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = f"xqute: could not kill the job: {exc}"
+            logger.error("job %s: %s", job.index, error)
+        # The job may have ended by itself meanwhile; keep what it wrote.
+        written = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+        if written is not None and written.is_terminal:
+            await self.transition_job_status(job, written, is_killed=True)
+        else:
+            await self.transition_job_status(
+                job, JobStatus.FAILED, rc=-15,
+                error_msg=error or "xqute: job killed",
+                is_killed=True, persist=True,
+            )
+
+    async def kill_running_jobs(self, jobs: Sequence[Job]) -> None:
+        """Kill every active job, concurrently, and wait for all of them."""
+        targets = [j for j in jobs if j.status.is_active]
+        if not targets:
+            return
+        logger.warning("killing %d running job(s)", len(targets))
+        async with asyncio.TaskGroup() as tg:
+            for job in targets:
+                tg.create_task(self.kill_job_and_update_status(job))
+
+    # --------------------------------------------------------------- polling
+    def count_running_jobs(self, jobs: Sequence[Job]) -> int:
+        """How many of ``jobs`` hold a slot (no I/O; the producer's check)."""
+        return sum(
+            1 for j in jobs if j.status.is_active or j.status == JobStatus.QUEUED
+        )
+
+    async def refresh_job_statuses(self, jobs: Sequence[Job]) -> list[JobStatus | None]:
+        """What the status files of ``jobs`` say, read in one batch.
+
+        Backends whose files live elsewhere (no shared filesystem) override
+        this with one round trip per host.
+        """
+        texts = await fileio.read_many([j.status_file for j in jobs])
+        return [JobStatus.parse(t) if t is not None else None for t in texts]
+
+    async def check_all_done(self, jobs: Sequence[Job], polling_counter: int) -> bool:
+        """One poll cycle over ``jobs``; True when none of them is left to run.
+
+        Only active jobs are read.  Changes found are applied through
+        ``transition_job_status`` (hooks fire there); pending retries are
+        submitted; every ``recheck_interval`` cycles, active jobs whose
+        process vanished without a final status are failed.
+        """
+        active = [j for j in jobs if j.status.is_active]
+        if active:
+            statuses = await self.refresh_job_statuses(active)
+            for job, status in zip(active, statuses, strict=True):
+                await plugin.hooks.on_job_polling(self, job, polling_counter)
+                if status is not None and status != job.status:
+                    await self._apply_status(job, status)
+            if polling_counter % self.recheck_interval == 0:
+                await self._check_lost(
+                    [j for j in active if j.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)]
+                )
+        for job in jobs:
+            if job._retry_pending and not self.halted:
+                await self.retry_job(job)
+            elif job._retry_pending:
+                job._retry_pending = False
+                await plugin.hooks.on_job_failed(self, job)
+        return all(j.status.is_terminal and not j._retry_pending for j in jobs)
+
+    async def _apply_status(self, job: Job, status: JobStatus) -> None:
+        """Move a job to what its status file says (never backwards)."""
+        if status in (JobStatus.INIT, JobStatus.QUEUED):
+            return
+        if status.is_terminal and job.status == JobStatus.SUBMITTED:
+            await self.transition_job_status(job, JobStatus.RUNNING)
+        await self.transition_job_status(job, status)
+
+    async def _check_lost(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        lost = await self.jobs_fail_before_running(jobs)
+        for job, is_lost in zip(jobs, lost, strict=True):
+            if not is_lost:
+                continue
+            # The wrapper writes its end before it exits: read again now that
+            # we know it is gone, so a job that just ended is not called lost.
+            status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+            if status is not None and status.is_terminal:
+                await self._apply_status(job, status)
+                continue
+            reason = job.extra.pop("lost_reason", None) or (
+                "the job's process is gone but it never wrote a final status "
+                "(killed from outside, out of memory, or its host rebooted)"
+            )
+            await self.transition_job_status(
+                job, JobStatus.FAILED, rc=-1, error_msg=f"xqute: {reason}", persist=True
+            )
+
+    async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
+        """Batch form of ``job_fails_before_running``; backends may do one
+        round trip per host here."""
+        return [await self.job_fails_before_running(job) for job in jobs]
+
+    async def job_fails_before_running(self, job: Job) -> bool:
+        """Whether an active job's process is gone without a final status."""
+        return not await self.job_is_running(job)
+
+    # ------------------------------------------------------------- backends
+    @abstractmethod
+    async def submit_job(self, job: Job) -> str:
+        """Start the job's wrapper; return its job id once it has started."""
+
+    @abstractmethod
+    async def kill_job(self, job: Job) -> None:
+        """Kill the job and everything it started; return when it is gone."""
+
+    @abstractmethod
+    async def job_is_running(self, job: Job) -> bool:
+        """Whether the job's process really runs (not just that a jid exists)."""
+
+
+def _list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if v]
+
+
+def _join(parts: Any) -> str:
+    return "\n".join(p.rstrip("\n") for p in _list(parts) if p and p.strip())
+
+
+OnJob = Callable[[Job], Awaitable[None]]

@@ -1,0 +1,128 @@
+# ---- xqute_ssh job wrapper (static part) ----------------------------------
+# Everything above this line is generated: quoted values and hook functions.
+# Nothing below is templated, so no value can change what this code does.
+#
+# Protocol (the files are the source of truth):
+#   the controller writes job.status=SUBMITTED (3) before starting us;
+#   we write RUNNING (4) first, then job.rc, then FINISHED (6) or FAILED (7).
+# The controller never writes a status over one we wrote.
+#
+# Signals: the controller kills a job with TERM to our process group (we are
+# its leader), then KILL after a grace period.  A timeout does the same from
+# in here and records rc 124.
+
+xq_status_file=$XQUTE_JOB_METADIR/job.status
+xq_rc_file=$XQUTE_JOB_METADIR/job.rc
+xq_pid=
+xq_timer=
+xq_rc=
+xq_killed=
+xq_timed_out=
+xq_done=
+
+# Write a small status/rc file.  One short write: a reader sees the old
+# content, nothing (then it keeps what it knew) or the new content.  No mv, so
+# no extra process per write.
+xq_put() {
+    printf '%s\n' "$2" > "$1"
+}
+
+# Are we the leader of our process group?  Read /proc (no fork) to decide
+# whether a group-wide signal would reach only this job.
+xq_group=
+if [ -r "/proc/$$/stat" ]; then
+    read -r xq_stat < "/proc/$$/stat"
+    xq_stat=${xq_stat##*) }
+    set -f
+    # shellcheck disable=SC2086
+    set -- $xq_stat
+    set +f
+    [ "$3" = "$$" ] && xq_group=1
+    set --
+fi
+
+xq_signal_job() {
+    if [ -n "$xq_group" ]; then
+        kill -s "$1" -- "-$$" 2>/dev/null
+    elif [ -n "$xq_pid" ]; then
+        kill -s "$1" "$xq_pid" 2>/dev/null
+    fi
+}
+
+# Start a timer that sends us USR1 after $1 seconds.  The timer cleans up its
+# own sleep when it is told to stop, so no sleep outlives the job.
+xq_alarm() {
+    (
+        xq_sleep=
+        trap '[ -n "$xq_sleep" ] && kill "$xq_sleep" 2>/dev/null; exit 0' TERM
+        sleep "$1" &
+        xq_sleep=$!
+        wait "$xq_sleep" && kill -s USR1 "$$" 2>/dev/null
+    ) &
+    xq_timer=$!
+}
+
+xq_on_alarm() {
+    if [ -z "$xq_timed_out" ]; then
+        xq_timed_out=1
+        echo "xqute: job timed out after ${XQ_TIMEOUT}s; sending TERM to its process group" >&2
+        xq_signal_job TERM
+        xq_alarm "$XQ_KILL_GRACE"
+    else
+        echo "xqute: job still running ${XQ_KILL_GRACE}s after TERM; sending KILL" >&2
+        xq_rc=124
+        xq_finish
+        xq_signal_job KILL
+    fi
+}
+
+xq_finish() {
+    [ -n "$xq_done" ] && return
+    xq_done=1
+    trap '' TERM INT HUP USR1
+    [ -n "$xq_timer" ] && kill "$xq_timer" 2>/dev/null
+    [ -n "$xq_rc" ] || xq_rc=1
+    [ -n "$xq_timed_out" ] && xq_rc=124
+    rc=$xq_rc
+    xq_hook_end
+    case "$rc" in ''|*[!0-9]*) rc=1 ;; esac
+    xq_put "$xq_rc_file" "$rc"
+    if [ "$rc" -eq 0 ]; then xq_put "$xq_status_file" 6; else xq_put "$xq_status_file" 7; fi
+}
+
+trap 'xq_finish' EXIT
+trap 'xq_killed=TERM' TERM
+trap 'xq_killed=INT' INT
+trap 'xq_killed=HUP' HUP
+trap 'xq_on_alarm' USR1
+
+xq_put "$xq_status_file" 4
+
+if [ -n "$XQ_CWD" ]; then
+    cd -- "$XQ_CWD" || { echo "xqute: cannot change to the job directory $XQ_CWD" >&2; xq_rc=1; exit 1; }
+fi
+
+xq_hook_init
+xq_hook_prep
+
+# Killed before the command even started: do not start it.
+[ -n "$xq_killed" ] && { xq_rc=143; exit 143; }
+
+[ "$XQ_TIMEOUT" -gt 0 ] 2>/dev/null && xq_alarm "$XQ_TIMEOUT"
+
+"${XQ_CMD[@]}" &
+xq_pid=$!
+
+# wait returns early when a trapped signal arrives; go on until the command
+# is really gone, then ask once more for its saved exit status.
+while :; do
+    wait "$xq_pid"
+    xq_rc=$?
+    kill -0 "$xq_pid" 2>/dev/null && continue
+    wait "$xq_pid" 2>/dev/null
+    xq_last=$?
+    [ "$xq_last" -ne 127 ] && xq_rc=$xq_last
+    break
+done
+
+exit "$xq_rc"

@@ -1,0 +1,276 @@
+"""Xqute: the orchestrator that feeds jobs to a scheduler and sees them end.
+
+Three kinds of task run inside one ``asyncio.TaskGroup`` for the duration of
+``run_until_complete``:
+
+* consumers take queued jobs and submit them while a slot is free
+  (``forks``), at most ``submission_batch`` submissions at once;
+* the poller applies what the jobs' status files say, retries, halts;
+* signal handlers (installed for the run only) turn SIGINT/SIGTERM into an
+  orderly stop: no new submissions, running jobs killed, ``on_shutdown``.
+
+A submission that has started is never cancelled half-way (it could leave a
+job running that nobody tracks): stopping waits for it, then kills the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import fileio
+from .errors import ConfigError, WorkdirError
+from .job import Job
+from .path import SpecPath
+from .plugin import load_entrypoint_plugins, plugin
+from .scheduler import Scheduler
+from .schedulers import get_scheduler
+from .status import JobErrorStrategy, JobStatus
+
+logger = logging.getLogger("xqute_ssh")
+
+
+class Xqute:
+    """Run many jobs through one scheduler.
+
+    Args:
+        scheduler: a name ("local", "ssh", or one registered under the entry
+            point group ``xqute_ssh.schedulers``) or a Scheduler subclass.
+        plugins: plugin objects or names enabled for this run only (simplug
+            ``plugins_context`` semantics: bare names mean "only these").
+        workdir: where each job's metadata directory is kept.
+        submission_batch: how many submissions may be in flight at once.
+        error_strategy: "ignore", "retry" or "halt".
+        num_retries: retries per job under "retry".
+        forks: how many jobs may run at once.
+        scheduler_opts: more options for the scheduler (e.g. ``timeout``,
+            ``servers``).
+        jobname_prefix: a prefix for job names.
+    """
+
+    def __init__(
+        self,
+        scheduler: str | type[Scheduler] = "local",
+        *,
+        plugins: Sequence[Any] | None = None,
+        workdir: str | os.PathLike[str] | SpecPath | Any = "./.xqute",
+        submission_batch: int | None = None,
+        error_strategy: str | JobErrorStrategy = "ignore",
+        num_retries: int = 3,
+        forks: int = 1,
+        scheduler_opts: Mapping[str, Any] | None = None,
+        jobname_prefix: str | None = None,
+    ) -> None:
+        load_entrypoint_plugins()
+        self._plugins = list(plugins) if plugins is not None else None
+        scheduler_cls = get_scheduler(scheduler)
+        opts = dict(scheduler_opts or {})
+        self.scheduler: Scheduler = scheduler_cls(
+            workdir=workdir,
+            forks=forks,
+            error_strategy=error_strategy,
+            num_retries=num_retries,
+            submission_batch=submission_batch,
+            jobname_prefix=jobname_prefix,
+            **opts,
+        )
+        self.jobs: list[Job] = []
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._active: list[Job] = []  # jobs taken from the queue, not yet ended
+        self._slot_changed = asyncio.Event()
+        self._submit_tasks: set[asyncio.Task[None]] = set()
+        self._feeding = True
+        self._stopping = False
+        self._workdir_ready = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._signal: signal.Signals | None = None
+        self._done = asyncio.Event()
+        self._polling_counter = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Xqute {self.scheduler.name} jobs={len(self.jobs)} "
+            f"active={len(self._active)} queued={self._queue.qsize()}>"
+        )
+
+    # ----------------------------------------------------------------- feed
+    async def _ensure_workdir(self) -> None:
+        if self._workdir_ready:
+            return
+        workdir = self.scheduler.workdir
+        try:
+            await fileio.mkdir(workdir)
+            probe = workdir / f".xqute-write-test-{os.getpid()}"
+            await fileio.write_text(probe, "ok\n")
+            await fileio.unlink(probe)
+        except OSError as exc:
+            raise WorkdirError(
+                f"the workdir {str(workdir)!r} cannot be created or written: "
+                f"{exc.strerror or exc}; choose another workdir or fix its permissions"
+            ) from exc
+        self._workdir_ready = True
+
+    async def feed(
+        self, cmd: str | Sequence[Any], envs: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Queue one job; its command and envs are checked now.
+
+        ``cmd`` is an argv (list: each item reaches the program byte for
+        byte) or shell code (str, run by bash).
+        """
+        if not self._feeding:
+            raise ConfigError("feeding has stopped; start a new Xqute for more jobs")
+        await self._ensure_workdir()
+        job = self.scheduler.create_job(len(self.jobs), cmd, envs)
+        await fileio.mkdir(job.metadir)
+        self.jobs.append(job)
+        with self._plugin_ctx():
+            await plugin.hooks.on_job_init(self.scheduler, job)
+            await self.scheduler.transition_job_status(job, JobStatus.QUEUED)
+        self._queue.put_nowait(job)
+        return job
+
+    # ------------------------------------------------------------------ run
+    async def run_until_complete(self, keep_feeding: bool = False) -> None:
+        """Run until every fed job has ended (or the run halts / is stopped).
+
+        With ``keep_feeding`` the run starts in the background and this
+        returns at once: feed more, then ``await stop_feeding()``.
+        """
+        if self._run_task is not None:
+            raise RuntimeError("this Xqute is already running")
+        if keep_feeding:
+            self._run_task = asyncio.create_task(self._run())
+            return
+        self._feeding = False
+        self._run_task = asyncio.create_task(self._run())
+        await self._run_task
+
+    async def stop_feeding(self) -> None:
+        """Say that no more jobs come, then wait for the run to complete."""
+        self._feeding = False
+        self.scheduler.wakeup.set()
+        if self._run_task is None:
+            await self.run_until_complete()
+        else:
+            await self._run_task
+
+    def _plugin_ctx(self) -> contextlib.AbstractContextManager[Any]:
+        return plugin.plugins_context(self._plugins)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        with self._plugin_ctx():
+            await self._ensure_workdir()
+            await self.scheduler.post_init()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not the main thread: the caller handles signals
+            try:
+                await plugin.hooks.on_init(self)
+                while True:
+                    await self._run_once()
+                    if self._signal is None:
+                        await plugin.hooks.on_shutdown(self, None)
+                        break
+                    sig, self._signal = self._signal, None
+                    if await plugin.hooks.on_shutdown(self, sig) is not False:
+                        await self._stop_everything()
+                        break
+                    logger.warning("a plugin declined to shut down on %s", sig.name)
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+                await self.scheduler.shutdown()
+                self._done.set()
+
+    async def _run_once(self) -> None:
+        n_consumers = self.scheduler.submission_batch
+        async with asyncio.TaskGroup() as tg:
+            consumers = [tg.create_task(self._consumer()) for _ in range(n_consumers)]
+            await self._poller()
+            for task in consumers:
+                task.cancel()
+        if self.scheduler.halted:
+            await self._stop_everything()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        logger.warning("received %s: stopping", sig.name)
+        self._signal = sig
+        self.scheduler.wakeup.set()
+        self._slot_changed.set()
+
+    async def _stop_everything(self) -> None:
+        """No more submissions; wait for in-flight ones; kill what runs."""
+        self._stopping = True
+        if self._submit_tasks:
+            await asyncio.gather(*self._submit_tasks, return_exceptions=True)
+        await self.scheduler.kill_running_jobs(self._active)
+
+    # ------------------------------------------------------------ consumers
+    def _slot_free(self) -> bool:
+        return self.scheduler.count_running_jobs(self._active) < self.scheduler.forks
+
+    async def _consumer(self) -> None:
+        while True:
+            job = await self._queue.get()
+            while not self._slot_free():
+                self._slot_changed.clear()
+                await self._slot_changed.wait()
+            if self._stopping or self._signal is not None or self.scheduler.halted:
+                self._queue.put_nowait(job)
+                return
+            self._active.append(job)
+            # Shielded: a started submission always runs to its end.
+            task = asyncio.create_task(self._submit(job))
+            self._submit_tasks.add(task)
+            task.add_done_callback(self._submit_tasks.discard)
+            await asyncio.shield(task)
+
+    async def _submit(self, job: Job) -> None:
+        with self._plugin_ctx():
+            await self.scheduler.submit_job_and_update_status(job)
+
+    # --------------------------------------------------------------- poller
+    def _finished(self) -> bool:
+        return (
+            not self._feeding
+            and self._queue.empty()
+            and not self._active
+            and not self._submit_tasks
+        )
+
+    async def _poller(self) -> None:
+        sched = self.scheduler
+        while True:
+            self._polling_counter += 1
+            if self._active:
+                # Jobs still QUEUED here are being submitted: not polled yet.
+                await sched.check_all_done(
+                    [j for j in self._active if j.status != JobStatus.QUEUED],
+                    self._polling_counter,
+                )
+                before = len(self._active)
+                self._active = [
+                    j for j in self._active
+                    if not (j.status.is_terminal and not j._retry_pending)
+                ]
+                if len(self._active) != before:
+                    self._slot_changed.set()
+            if self._signal is not None or sched.halted:
+                return
+            if self._finished():
+                return
+            sched.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sched.poll_interval):
+                    await sched.wakeup.wait()
