@@ -80,7 +80,9 @@ class RemoteCommandError(SshError):
         stderr: what it wrote to stderr (already in the message, trimmed).
     """
 
-    def __init__(self, host: str, message: str, returncode: int, stderr: str = "") -> None:
+    def __init__(
+        self, host: str, message: str, returncode: int, stderr: str = ""
+    ) -> None:
         self.returncode = returncode
         self.stderr = stderr
         super().__init__(host, message)

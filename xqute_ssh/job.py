@@ -42,7 +42,9 @@ def normalize_cmd(cmd: str | Sequence[Any]) -> str | list[str]:
         if not cmd.strip():
             raise ConfigError("the command is empty: give a program to run")
         if "\0" in cmd:
-            raise ConfigError("the command contains a NUL byte, which no shell can pass")
+            raise ConfigError(
+                "the command contains a NUL byte, which no shell can pass"
+            )
         return cmd
     if isinstance(cmd, bytes | bytearray):
         raise ConfigError("give the command as str or a list of str, not bytes")

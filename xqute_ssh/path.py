@@ -25,7 +25,7 @@ def as_path(value: str | os.PathLike[str] | CloudPath) -> AnyPathLike:
     path = AnyPath(str(value))
     if isinstance(path, Path):
         return path.expanduser()
-    return path  # type: ignore[return-value]
+    return path
 
 
 class SpecPath(os.PathLike[str]):

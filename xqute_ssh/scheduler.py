@@ -83,11 +83,15 @@ class Scheduler(ABC):
         if not isinstance(num_retries, int) or num_retries < 0:
             raise ConfigError(f"num_retries must be >= 0, got {num_retries!r}")
         if timeout is None or timeout < 0:
-            raise ConfigError(f"timeout must be >= 0 seconds (0: none), got {timeout!r}")
+            raise ConfigError(
+                f"timeout must be >= 0 seconds (0: none), got {timeout!r}"
+            )
         if poll_interval <= 0:
             raise ConfigError(f"poll_interval must be > 0, got {poll_interval!r}")
         if submission_batch is not None and submission_batch < 1:
-            raise ConfigError(f"submission_batch must be >= 1, got {submission_batch!r}")
+            raise ConfigError(
+                f"submission_batch must be >= 1, got {submission_batch!r}"
+            )
         self.workdir = SpecPath(workdir, mounted_workdir)
         self.forks = forks
         self.error_strategy = JobErrorStrategy.parse(error_strategy)
@@ -109,7 +113,9 @@ class Scheduler(ABC):
         self._post_init_done = False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} workdir={str(self.workdir)!r} forks={self.forks}>"
+        return (
+            f"<{type(self).__name__} workdir={str(self.workdir)!r} forks={self.forks}>"
+        )
 
     async def post_init(self) -> None:
         """Async set-up after construction (connections, checks); idempotent.
@@ -118,12 +124,15 @@ class Scheduler(ABC):
         """
         self._post_init_done = True
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> None:  # noqa: B027 (optional for backends)
         """Release what the backend holds (connections, watchers); idempotent."""
 
     # ----------------------------------------------------------------- jobs
     def create_job(
-        self, index: int, cmd: str | Sequence[Any], envs: Mapping[str, Any] | None = None
+        self,
+        index: int,
+        cmd: str | Sequence[Any],
+        envs: Mapping[str, Any] | None = None,
     ) -> Job:
         """Create a job (its command and envs are checked here)."""
         return self.job_class(index, cmd, self.workdir, envs)
@@ -199,7 +208,9 @@ class Scheduler(ABC):
         if old == new_status and not persist and rc is None and not error_msg:
             return
         if not is_legal(old, new_status):
-            logger.debug("job %s: ignoring %s -> %s", job.index, old.name, new_status.name)
+            logger.debug(
+                "job %s: ignoring %s -> %s", job.index, old.name, new_status.name
+            )
             return
         if error_msg:
             text = error_msg if error_msg.endswith("\n") else error_msg + "\n"
@@ -233,7 +244,9 @@ class Scheduler(ABC):
             elif self._should_retry(job):
                 logger.warning(
                     "job %s failed (attempt %d of %d); it will be retried",
-                    job.index, job.trial_count + 1, self.num_retries + 1,
+                    job.index,
+                    job.trial_count + 1,
+                    self.num_retries + 1,
                 )
                 job._retry_pending = True
             else:
@@ -299,8 +312,11 @@ class Scheduler(ABC):
         if await plugin.hooks.on_job_submitting(self, job) is False:
             if not job.status.is_terminal:
                 await self.transition_job_status(
-                    job, JobStatus.FAILED, rc=-1,
-                    error_msg="xqute: submission cancelled by a plugin", persist=True,
+                    job,
+                    JobStatus.FAILED,
+                    rc=-1,
+                    error_msg="xqute: submission cancelled by a plugin",
+                    persist=True,
                 )
             return
         try:
@@ -313,8 +329,11 @@ class Scheduler(ABC):
         except Exception as exc:
             logger.error("job %s: submission failed: %s", job.index, exc)
             await self.transition_job_status(
-                job, JobStatus.FAILED, rc=-1,
-                error_msg=f"xqute: failed to submit the job: {exc}", persist=True,
+                job,
+                JobStatus.FAILED,
+                rc=-1,
+                error_msg=f"xqute: failed to submit the job: {exc}",
+                persist=True,
             )
             return
         await job.set_jid(jid)
@@ -351,9 +370,12 @@ class Scheduler(ABC):
             await self.transition_job_status(job, written, is_killed=True)
         else:
             await self.transition_job_status(
-                job, JobStatus.FAILED, rc=-15,
+                job,
+                JobStatus.FAILED,
+                rc=-15,
                 error_msg=error or "xqute: job killed",
-                is_killed=True, persist=True,
+                is_killed=True,
+                persist=True,
             )
 
     async def kill_running_jobs(self, jobs: Sequence[Job]) -> None:
@@ -399,7 +421,11 @@ class Scheduler(ABC):
                     await self._apply_status(job, status)
             if polling_counter % self.recheck_interval == 0:
                 await self._check_lost(
-                    [j for j in active if j.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)]
+                    [
+                        j
+                        for j in active
+                        if j.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+                    ]
                 )
         for job in jobs:
             if job._retry_pending and not self.halted:

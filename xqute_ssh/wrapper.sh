@@ -72,7 +72,6 @@ xq_on_alarm() {
         echo "xqute: job still running ${XQ_KILL_GRACE}s after TERM; sending KILL" >&2
         xq_rc=124
         xq_finish
-        xq_signal_job KILL
     fi
 }
 
@@ -88,6 +87,9 @@ xq_finish() {
     case "$rc" in ''|*[!0-9]*) rc=1 ;; esac
     xq_put "$xq_rc_file" "$rc"
     if [ "$rc" -eq 0 ]; then xq_put "$xq_status_file" 6; else xq_put "$xq_status_file" 7; fi
+    # After a timeout nothing of the job may outlive it, not even children
+    # that ignored TERM: the files are written, so KILL the group (and us).
+    [ -n "$xq_timed_out" ] && xq_signal_job KILL
 }
 
 trap 'xq_finish' EXIT

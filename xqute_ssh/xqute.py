@@ -91,6 +91,8 @@ class Xqute:
         self._signal: signal.Signals | None = None
         self._done = asyncio.Event()
         self._polling_counter = 0
+        self._n_ended = 0
+        self._in_plugin_ctx = False
 
     def __repr__(self) -> str:
         return (
@@ -161,7 +163,10 @@ class Xqute:
             await self._run_task
 
     def _plugin_ctx(self) -> contextlib.AbstractContextManager[Any]:
-        return plugin.plugins_context(self._plugins)
+        """This run's plugins; entered once (simplug contexts do not nest)."""
+        if self._in_plugin_ctx:
+            return contextlib.nullcontext()
+        return _FlagContext(self, plugin.plugins_context(self._plugins))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,17 +242,13 @@ class Xqute:
             await asyncio.shield(task)
 
     async def _submit(self, job: Job) -> None:
-        with self._plugin_ctx():
-            await self.scheduler.submit_job_and_update_status(job)
+        await self.scheduler.submit_job_and_update_status(job)
 
     # --------------------------------------------------------------- poller
     def _finished(self) -> bool:
-        return (
-            not self._feeding
-            and self._queue.empty()
-            and not self._active
-            and not self._submit_tasks
-        )
+        # Every fed job has ended; a job a consumer holds while it waits for a
+        # slot is in neither the queue nor _active, so count ends instead.
+        return not self._feeding and self._n_ended == len(self.jobs)
 
     async def _poller(self) -> None:
         sched = self.scheduler
@@ -261,10 +262,12 @@ class Xqute:
                 )
                 before = len(self._active)
                 self._active = [
-                    j for j in self._active
+                    j
+                    for j in self._active
                     if not (j.status.is_terminal and not j._retry_pending)
                 ]
                 if len(self._active) != before:
+                    self._n_ended += before - len(self._active)
                     self._slot_changed.set()
             if self._signal is not None or sched.halted:
                 return
@@ -274,3 +277,21 @@ class Xqute:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(sched.poll_interval):
                     await sched.wakeup.wait()
+
+
+class _FlagContext(contextlib.AbstractContextManager[Any]):
+    """Enter a plugin context and mark the Xqute as inside it."""
+
+    def __init__(
+        self, xq: Xqute, inner: contextlib.AbstractContextManager[Any]
+    ) -> None:
+        self._xq = xq
+        self._inner = inner
+
+    def __enter__(self) -> None:
+        self._inner.__enter__()
+        self._xq._in_plugin_ctx = True
+
+    def __exit__(self, *exc: Any) -> None:
+        self._xq._in_plugin_ctx = False
+        self._inner.__exit__(*exc)

@@ -21,7 +21,8 @@ ENTRY_POINT_GROUP = "xqute_ssh.schedulers"
 
 def _load(target: str) -> type[Scheduler]:
     module, _, attr = target.partition(":")
-    return getattr(import_module(module), attr)  # type: ignore[no-any-return]
+    cls: type[Scheduler] = getattr(import_module(module), attr)
+    return cls
 
 
 def available_schedulers() -> list[str]:
@@ -45,7 +46,9 @@ def get_scheduler(scheduler: str | type[Scheduler]) -> type[Scheduler]:
             raise ConfigError(f"{scheduler!r} is not a Scheduler subclass")
         return scheduler
     if not isinstance(scheduler, str):
-        raise ConfigError(f"scheduler must be a name or a Scheduler class, not {scheduler!r}")
+        raise ConfigError(
+            f"scheduler must be a name or a Scheduler class, not {scheduler!r}"
+        )
     name = scheduler.lower()
     if name in BUILTIN:
         return _load(BUILTIN[name])

@@ -70,8 +70,7 @@ class LocalScheduler(Scheduler):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if self.workdir.is_cloud:
             raise ConfigError(
-                "the local scheduler needs a local workdir, not "
-                f"{str(self.workdir)!r}"
+                f"the local scheduler needs a local workdir, not {str(self.workdir)!r}"
             )
         self._watchers: set[asyncio.Task[None]] = set()
         self._exit_codes: dict[int, int] = {}
@@ -160,7 +159,8 @@ class LocalScheduler(Scheduler):
         if not await wait_pid_gone(pid, self.kill_grace):
             logger.warning(
                 "job %s still running %.0fs after TERM: sending KILL",
-                job.index, self.kill_grace,
+                job.index,
+                self.kill_grace,
             )
         # Whatever of the group is left (children that ignored TERM) dies now.
         with contextlib.suppress(ProcessLookupError, PermissionError):

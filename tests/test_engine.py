@@ -1,0 +1,384 @@
+"""The core engine through the local scheduler: what users rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from xqute_ssh import (
+    ConfigError,
+    Job,
+    JobStatus,
+    LocalScheduler,
+    Scheduler,
+    WorkdirError,
+    Xqute,
+    get_scheduler,
+    plugin,
+)
+
+from .helpers import pids_with, read
+
+AWKWARD = [
+    "plain",
+    "with space",
+    "single'quote",
+    'double"quote',
+    "$HOME",
+    "`echo backtick`",
+    "$(echo subst)",
+    "a;b|c&d",
+    "back\\slash",
+    "non-ascii: é ü 漢字",
+    "",
+    "new\nline",
+    "*",
+    "-n",
+]
+
+
+async def run(xq: Xqute, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):  # hang guard only
+        await xq.run_until_complete()
+
+
+async def test_arguments_and_envs_reach_the_job_byte_for_byte(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path / "wd", forks=2)
+    script = "import json,os,sys; print(json.dumps([sys.argv[1:], os.environ['V']]))"
+    job = await xq.feed(
+        [sys.executable, "-c", script, *AWKWARD], envs={"V": AWKWARD[6] + AWKWARD[3]}
+    )
+    await run(xq)
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    import json
+
+    args, env = json.loads(read(job.stdout_file.path))
+    assert args == AWKWARD
+    assert env == '$(echo subst)double"quote'
+
+
+async def test_string_command_is_shell_code(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path)
+    job = await xq.feed(
+        'echo $((1+2)) | tr 3 x; echo "$XQUTE_JOB_INDEX $XQUTE_JOB_METADIR"'
+    )
+    await run(xq)
+    out = read(job.stdout_file.path).splitlines()
+    assert out[0] == "x"
+    assert out[1] == f"0 {job.metadir.path}"
+
+
+async def test_many_fast_jobs_all_finish(tmp_path: Path) -> None:
+    """xqute 2.2.1 overwrote FINISHED with SUBMITTED and hung; never here."""
+    xq = Xqute(workdir=tmp_path, forks=32)
+    for _ in range(100):
+        await xq.feed(["true"])
+    await run(xq)
+    assert {j.status for j in xq.jobs} == {JobStatus.FINISHED}
+    for j in xq.jobs:
+        assert read(j.status_file.path).strip() == "6"
+        assert read(j.rc_file.path).strip() == "0"
+
+
+async def test_command_not_found_fails_with_127(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path)
+    job = await xq.feed(["no-such-program-xq"])
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    assert await job.get_rc() == 127
+    assert "not found" in read(job.stderr_file.path)
+
+
+async def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
+    marker = f"xq-timeout-{os.getpid()}"
+    xq = Xqute(workdir=tmp_path, scheduler_opts={"timeout": 1, "kill_grace": 1})
+    # a child that ignores TERM, in the background: it must still die
+    job = await xq.feed(
+        ["bash", "-c", f"(trap '' TERM; exec -a {marker} sleep 60) & sleep 60; wait"]
+    )
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    assert await job.get_rc() == 124
+    assert "timed out" in read(job.stderr_file.path)
+    await asyncio.sleep(0.2)
+    assert pids_with(marker) == []
+
+
+async def test_retry_archives_attempts_and_succeeds(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    xq = Xqute(workdir=tmp_path / "wd", error_strategy="retry", num_retries=3)
+    cmd = f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; echo try$n; [ $n -ge 2 ]"
+    job = await xq.feed(cmd)
+    await run(xq)
+    assert job.status == JobStatus.FINISHED
+    assert job.trial_count == 2
+    retry = job.retry_dir.path
+    assert sorted(p.name for p in retry.iterdir()) == ["0", "1"]
+    assert read(retry / "0" / "job.stdout") == "try0\n"
+    assert read(retry / "1" / "job.rc").strip() == "1"
+    assert read(job.stdout_file.path) == "try2\n"
+
+
+async def test_retry_gives_up_after_num_retries(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path, error_strategy="retry", num_retries=2)
+    job = await xq.feed("exit 3")
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    assert job.trial_count == 2
+    assert await job.get_rc() == 3
+
+
+async def test_halt_stops_submission_and_kills_running(tmp_path: Path) -> None:
+    marker = f"xq-halt-{os.getpid()}"
+    xq = Xqute(workdir=tmp_path, forks=2, error_strategy="halt")
+    slow = await xq.feed(["bash", "-c", f"exec -a {marker} sleep 60"])
+    await xq.feed("sleep 0.3; exit 1")
+    later = [await xq.feed(["true"]) for _ in range(5)]
+    await run(xq, timeout=30)
+    assert slow.status == JobStatus.FAILED
+    assert all(j.status == JobStatus.QUEUED for j in later)
+    assert pids_with(marker) == []
+
+
+async def test_sigterm_kills_running_jobs_and_returns(tmp_path: Path) -> None:
+    marker = f"xq-sigterm-{os.getpid()}"
+    events: list[str] = []
+
+    class Watch:
+        name = "watch-sigterm"
+
+        @plugin.impl
+        async def on_job_started(scheduler, job):
+            events.append("started")
+            if len(events) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        @plugin.impl
+        async def on_shutdown(xqute, sig):
+            events.append(f"shutdown:{sig}")
+
+    before = signal.getsignal(signal.SIGTERM)
+    xq = Xqute(workdir=tmp_path, forks=2, plugins=[Watch])
+    for _ in range(2):
+        await xq.feed(["bash", "-c", f"(exec -a {marker} sleep 60) & wait"])
+    await run(xq, timeout=30)
+    assert f"shutdown:{signal.SIGTERM}" in events
+    assert [j.status for j in xq.jobs] == [JobStatus.FAILED, JobStatus.FAILED]
+    assert pids_with(marker) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_import_changes_nothing() -> None:
+    import subprocess
+
+    code = (
+        "import asyncio, signal; p = asyncio.get_event_loop_policy(); "
+        "h = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM); "
+        "import xqute_ssh, xqute_ssh.schedulers.local; "
+        "assert asyncio.get_event_loop_policy() is p; "
+        "assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == h; "
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+async def test_hooks_fire_in_order(tmp_path: Path) -> None:
+    seen: list[tuple[str, int]] = []
+
+    class Rec:
+        name = "rec-order"
+
+        @plugin.impl
+        async def on_job_init(scheduler, job):
+            seen.append(("init", job.index))
+
+        @plugin.impl
+        async def on_job_queued(scheduler, job):
+            seen.append(("queued", job.index))
+
+        @plugin.impl
+        async def on_job_submitting(scheduler, job):
+            seen.append(("submitting", job.index))
+
+        @plugin.impl
+        async def on_job_submitted(scheduler, job):
+            seen.append(("submitted", job.index))
+
+        @plugin.impl
+        async def on_job_started(scheduler, job):
+            seen.append(("started", job.index))
+
+        @plugin.impl
+        async def on_job_succeeded(scheduler, job):
+            seen.append(("succeeded", job.index))
+
+        @plugin.impl
+        async def on_job_failed(scheduler, job):
+            seen.append(("failed", job.index))
+
+        @plugin.impl
+        def on_jobcmd_init(scheduler, job):
+            return "export FROM_INIT=i"
+
+        @plugin.impl
+        def on_jobcmd_prep(scheduler, job):
+            return "export FROM_PREP=p"
+
+        @plugin.impl
+        def on_jobcmd_end(scheduler, job):
+            return 'echo "end saw rc=$rc" >&2'
+
+    xq = Xqute(workdir=tmp_path, plugins=[Rec])
+    ok = await xq.feed('echo "$FROM_INIT$FROM_PREP"')
+    bad = await xq.feed("exit 4")
+    await run(xq)
+    for idx, last in ((0, "succeeded"), (1, "failed")):
+        names = [n for n, i in seen if i == idx]
+        assert names == ["init", "queued", "submitting", "submitted", "started", last]
+    assert read(ok.stdout_file.path) == "ip\n"
+    assert "end saw rc=4" in read(bad.stderr_file.path)
+    # plugins=[...] is for this run only
+    assert "rec-order" not in plugin.get_enabled_plugin_names()
+
+
+async def test_submitting_hook_can_cancel(tmp_path: Path) -> None:
+    class Skip:
+        name = "skip-odd"
+
+        @plugin.impl
+        async def on_job_submitting(scheduler, job):
+            if job.index == 1:
+                await job.set_status(JobStatus.FINISHED)  # e.g. a cached result
+                return False
+            if job.index == 2:
+                return False
+            return None
+
+    xq = Xqute(workdir=tmp_path, plugins=[Skip])
+    jobs = [await xq.feed(["bash", "-c", "echo ran"]) for _ in range(3)]
+    await run(xq)
+    assert [j.status for j in jobs] == [
+        JobStatus.FINISHED,
+        JobStatus.FINISHED,
+        JobStatus.FAILED,
+    ]
+    assert not jobs[1].stdout_file.path.exists()
+    assert "cancelled by a plugin" in read(jobs[2].stderr_file.path)
+
+
+async def test_keep_feeding(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path, forks=4)
+    await xq.feed(["true"])
+    await xq.run_until_complete(keep_feeding=True)
+    await asyncio.sleep(0.05)
+    for _ in range(5):
+        await xq.feed(["true"])
+    async with asyncio.timeout(30):
+        await xq.stop_feeding()
+    assert len(xq.jobs) == 6
+    assert {j.status for j in xq.jobs} == {JobStatus.FINISHED}
+
+
+async def test_lost_wrapper_is_failed_with_reason(tmp_path: Path) -> None:
+    class KillWrapper:
+        name = "kill-wrapper"
+
+        @plugin.impl
+        async def on_job_started(scheduler, job):
+            os.kill(int(job.jid), signal.SIGKILL)
+
+    xq = Xqute(workdir=tmp_path, plugins=[KillWrapper])
+    job = await xq.feed(["sleep", "5"])
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    assert "without writing a final status" in read(job.stderr_file.path)
+
+
+async def test_local_end_noticed_without_waiting_for_the_poll(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path, scheduler_opts={"poll_interval": 30})
+    job = await xq.feed(["true"])
+    # with a 30 s poll interval only the exit watcher can end this quickly
+    await run(xq, timeout=10)
+    assert job.status == JobStatus.FINISHED
+
+
+# ------------------------------------------------------------- bad input
+def test_unknown_scheduler_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="known schedulers: local, ssh"):
+        get_scheduler("slurmish")
+
+
+@pytest.mark.parametrize("cmd", [[], "", "   ", [""]])
+async def test_empty_command_rejected(tmp_path: Path, cmd) -> None:
+    xq = Xqute(workdir=tmp_path)
+    with pytest.raises(ConfigError, match="empty"):
+        await xq.feed(cmd)
+    assert xq.jobs == []
+
+
+@pytest.mark.parametrize("name", ["1ABC", "A-B", "A B", "", "A=B", "X;rm"])
+async def test_bad_env_names_rejected(tmp_path: Path, name: str) -> None:
+    xq = Xqute(workdir=tmp_path)
+    with pytest.raises(ConfigError, match="not a shell identifier"):
+        await xq.feed(["true"], envs={name: "x"})
+
+
+async def test_unwritable_workdir_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    xq = Xqute(workdir=blocker / "wd")
+    with pytest.raises(WorkdirError, match=str(blocker / "wd")):
+        await xq.feed(["true"])
+
+
+@pytest.mark.parametrize("forks", [0, -1, 1.5])
+def test_forks_below_one_rejected(tmp_path: Path, forks) -> None:
+    with pytest.raises(ConfigError, match="forks"):
+        Xqute(workdir=tmp_path, forks=forks)
+
+
+def test_unknown_scheduler_option_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="timeuot"):
+        Xqute(workdir=tmp_path, scheduler_opts={"timeuot": 3})
+
+
+def test_bad_error_strategy(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'retry'"):
+        Xqute(workdir=tmp_path, error_strategy="retyr")
+
+
+# ---------------------------------------------------- framework subclassing
+class FrameworkJob(Job):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tag = "framework"
+
+
+class FrameworkMixin:
+    job_class = FrameworkJob
+
+    def jobcmd_init(self, job) -> str:  # type: ignore[no-untyped-def]
+        return super().jobcmd_init(job) + "\nexport FW=mixin"  # type: ignore[misc]
+
+
+class FrameworkLocal(FrameworkMixin, LocalScheduler):
+    pass
+
+
+async def test_mixin_subclass_like_pipen(tmp_path: Path) -> None:
+    sched = FrameworkLocal(workdir=tmp_path, forks=2)
+    await sched.post_init()
+    job = sched.create_job(0, ["bash", "-c", "echo $FW"])
+    assert isinstance(job, FrameworkJob)
+    xq = Xqute(FrameworkLocal, workdir=tmp_path / "x")
+    j = await xq.feed(["bash", "-c", "echo $FW"])
+    await run(xq)
+    assert isinstance(j, FrameworkJob)
+    assert read(j.stdout_file.path) == "mixin\n"
+    assert issubclass(FrameworkLocal, Scheduler)
