@@ -7,6 +7,7 @@ The on-disk layout is xqute's, so existing tools read it::
                      /job.status                  an int (JobStatus)
                      /job.rc                      the return code
                      /job.jid                     the scheduler's job id
+                     /job.cmd                     the command, as JSON
                      /job.retry/<trial>/          an earlier attempt's files
 
 The files written by the wrapper on the host are the source of truth.  The
@@ -16,6 +17,7 @@ for); the poller moves it forward through ``Scheduler.transition_job_status``.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -144,11 +146,23 @@ class Job:
         return self.metadir / "job.jid"
 
     @property
+    def cmd_file(self) -> SpecPath:
+        """``job.cmd``: the command as JSON (a list, or a string of shell code).
+
+        Written at each submission so tools (``xqute-ssh status``, ``--resume``)
+        can tell which command a metadir belongs to.
+        """
+        return self.metadir / "job.cmd"
+
+    @property
     def retry_dir(self) -> SpecPath:
         return self.metadir / "job.retry"
 
     def wrapped_script_file(self, scheduler_name: str) -> SpecPath:
         return self.metadir / f"job.wrapped.{scheduler_name}"
+
+    def cmd_json(self) -> str:
+        return json.dumps(self.cmd, ensure_ascii=False) + "\n"
 
     @property
     def strcmd(self) -> str:

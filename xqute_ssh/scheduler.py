@@ -321,6 +321,7 @@ class Scheduler(ABC):
             return
         try:
             await job.clean()
+            await fileio.write_text(job.cmd_file, job.cmd_json())
             await job.set_status(JobStatus.SUBMITTED)
             job._set_status_nofile(JobStatus.QUEUED)  # hooks fire below
             jid = await self.submit_job(job)
