@@ -21,6 +21,9 @@ from .path import AnyPathLike, SpecPath
 PathArg = AnyPathLike | SpecPath
 
 
+to_thread = asyncio.to_thread
+
+
 def _p(path: PathArg) -> AnyPathLike:
     return path.path if isinstance(path, SpecPath) else path
 

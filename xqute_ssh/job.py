@@ -229,26 +229,53 @@ class Job:
         """The job id known in memory (no I/O)."""
         return self._jid
 
-    async def clean(self, retry: bool = False) -> None:
-        """Remove the previous attempt's files before a new attempt.
-
-        With ``retry`` they are moved to ``job.retry/<trial_count>/`` instead,
-        so nothing of a failed attempt is lost.
-        """
-        files = (
+    def _attempt_files(self) -> tuple[SpecPath, ...]:
+        return (
+            self.metadir / "job.pid",
             self.stdout_file,
             self.stderr_file,
             self.status_file,
             self.rc_file,
             self.jid_file,
         )
+
+    def _reset_memory(self) -> None:
+        self._jid = None
+        self._started_hook_done = False
+        self.submitted_at = None
+        self.ended_at = None
+
+    async def clean(self, retry: bool = False) -> None:
+        """Remove the previous attempt's files before a new attempt.
+
+        With ``retry`` they are moved to ``job.retry/<trial_count>/`` instead,
+        so nothing of a failed attempt is lost.
+        """
+        files = self._attempt_files()
         if retry:
             dest = self.retry_dir / str(self.trial_count)
             await fileio.mkdir(dest)
             await fileio.move_many([(f, dest / f.name) for f in files])
         else:
             await fileio.unlink_many(files)
-        self._jid = None
-        self._started_hook_done = False
-        self.submitted_at = None
-        self.ended_at = None
+        self._reset_memory()
+
+    def _prepare_submission_sync(self) -> None:
+        """Clean, record the command and write SUBMITTED, in one go.
+
+        One worker-thread hop per submission instead of several: submission
+        is on the hot path when thousands of short jobs run.
+        """
+        for f in self._attempt_files():
+            fileio.unlink_sync(f)
+        fileio.write_text_sync(self.cmd_file, self.cmd_json())
+        fileio.write_text_sync(self.status_file, f"{int(JobStatus.SUBMITTED)}\n")
+
+    async def prepare_submission(self) -> None:
+        """Clean the last attempt's files, write job.cmd and SUBMITTED.
+
+        The in-memory status stays QUEUED: the hooks for SUBMITTED fire once
+        the backend has really started the job.
+        """
+        await fileio.to_thread(self._prepare_submission_sync)
+        self._reset_memory()

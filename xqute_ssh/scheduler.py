@@ -99,7 +99,9 @@ class Scheduler(ABC):
         self.prescript = prescript or ""
         self.postscript = postscript or ""
         self.jobname_prefix = jobname_prefix or self.name
-        self.submission_batch = submission_batch or min(forks, 8)
+        # Submissions are mostly waiting (a thread hop, a round trip): allow
+        # many at once so short jobs keep every slot busy.
+        self.submission_batch = submission_batch or min(forks, 64)
         self.recheck_interval = max(1, int(recheck_interval))
         self.cwd = cwd
         self.timeout = float(timeout)
@@ -320,10 +322,7 @@ class Scheduler(ABC):
                 )
             return
         try:
-            await job.clean()
-            await fileio.write_text(job.cmd_file, job.cmd_json())
-            await job.set_status(JobStatus.SUBMITTED)
-            job._set_status_nofile(JobStatus.QUEUED)  # hooks fire below
+            await job.prepare_submission()  # clean, job.cmd, SUBMITTED on disk
             jid = await self.submit_job(job)
         except asyncio.CancelledError:
             raise

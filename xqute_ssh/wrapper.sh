@@ -38,6 +38,9 @@ if [ -r "/proc/$$/stat" ]; then
     set -- $xq_stat
     set +f
     [ "$3" = "$$" ] && xq_group=1
+    # "pid starttime": lets a controller that lost its connection while
+    # starting us find out that we did start (and not start us twice).
+    printf '%s %s\n' "$$" "${20}" > "$XQUTE_JOB_METADIR/job.pid"
     set --
 fi
 

@@ -1,0 +1,405 @@
+"""SshScheduler: run, track and kill jobs across SSH hosts.
+
+* Placement: the host with the most free slots (``forks`` per server),
+  skipping hosts marked down after a connection failure.
+* Launch: one round trip over the host's control session starts the wrapper
+  detached (``setsid``, stdin /dev/null, output to files) and returns its pid
+  and start time; the job id is ``<server>:<pid>:<starttime>``, so a reused
+  pid never makes an ended job look alive.
+* Tracking: the wrapper writes the job's files, which the controller reads
+  on the shared filesystem; liveness of all active jobs of a host is checked
+  with one round trip per host.
+* Kill: TERM to the job's process group, KILL after ``kill_grace`` (the
+  escalation runs on the host, so it happens even if we die).
+* Restart: a job id on disk whose process still runs is re-attached, never
+  started twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+from ...errors import ConfigError, JobSubmissionError, SshError
+from ...job import Job
+from ...path import SpecPath
+from ...scheduler import Scheduler
+from ...ssh import CommandResult, HostPool
+from ...ssh.config import DEFAULT_KNOWN_HOSTS
+from ...status import JobStatus
+from ...wrapper import render
+from . import remote
+from .options import CONNECTION_KEYS, ServerSpec, parse_servers
+from .placement import HostSlots, Placement
+
+logger = logging.getLogger("xqute_ssh")
+
+#: How long to look for a job that may have started when the connection
+#: dropped while we were starting it (the wrapper writes job.pid at once).
+LAUNCH_ADOPT_WAIT = 3.0
+
+
+def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
+    """``server:pid:starttime`` -> (server, pid, starttime); None if malformed."""
+    if not jid:
+        return None
+    parts = jid.rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+
+
+class _Host:
+    """A server's pool, capabilities and paths (I/O lives here)."""
+
+    def __init__(self, spec: ServerSpec, workdir: SpecPath) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.pool = HostPool(spec.config)
+        mounted = spec.mounted_workdir
+        self.workdir = (
+            PurePosixPath(mounted) if mounted else PurePosixPath(str(workdir.mounted))
+        )
+        self.probe: remote.ProbeResult | None = None
+        self._probe_lock = asyncio.Lock()
+
+    @property
+    def label(self) -> str:
+        return self.spec.config.label
+
+    def mounted(self, workdir: SpecPath, path: SpecPath) -> str:
+        """``path`` (under the workdir) as this host sees it."""
+        rel = PurePosixPath(str(path.path)).relative_to(str(workdir.path))
+        return str(self.workdir / rel)
+
+    async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
+        return await self.pool.run(snippet, timeout=timeout)
+
+    async def ensure_ready(self) -> None:
+        """Check once per host that it can run jobs (bash >= 4.3, setsid)."""
+        if self.probe is not None:
+            return
+        async with self._probe_lock:
+            if self.probe is not None:
+                return
+            result = await self.run(remote.PROBE)
+            probe = remote.ProbeResult.parse(result.stdout)
+            if not probe.has_bash:
+                raise SshError(
+                    self.label,
+                    "bash was not found on PATH; xqute_ssh runs every job "
+                    "through bash (4.3 or newer): install it on this host",
+                )
+            if not probe.has_setsid:
+                raise SshError(
+                    self.label,
+                    "setsid was not found on PATH (util-linux); it is needed to "
+                    "start jobs detached: install util-linux on this host",
+                )
+            if probe.bash_version is not None and probe.bash_version < (4, 3):
+                raise SshError(
+                    self.label,
+                    f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
+                    "old; xqute_ssh needs bash 4.3 or newer",
+                )
+            self.probe = probe
+            logger.info("%s ready (bash %s)", self.label, probe.bash_version)
+
+
+class SshScheduler(Scheduler):
+    """Run jobs on SSH hosts that share the workdir's filesystem.
+
+    Args (besides the base Scheduler's):
+        servers: ``{name: {host, port, user, keyfile, password, known_hosts,
+            config, proxy_jump, forks, max_sessions, mounted_workdir,
+            shared_fs, ...}}`` or a list of ``"[user@]host[:port]"``.
+        host_cooldown: seconds a host that failed to connect is skipped.
+        lost_after: seconds a host may stay unreachable before the jobs that
+            were running there are reported lost (FAILED, naming the host).
+        Any server option at this level is a default for every server.
+    """
+
+    name = "ssh"
+
+    def __init__(
+        self,
+        *args: Any,
+        servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
+        host_cooldown: float = 30.0,
+        lost_after: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        server_defaults = {
+            k: kwargs.pop(k)
+            for k in list(kwargs)
+            if k in CONNECTION_KEYS | {"shared_fs"}
+        }
+        if "forks_per_server" in kwargs:
+            server_defaults["forks"] = kwargs.pop("forks_per_server")
+        super().__init__(*args, **kwargs)
+        if self.workdir.is_cloud:
+            raise ConfigError(
+                "cloud workdirs are not supported by the ssh scheduler yet; "
+                "use a workdir on a filesystem the hosts share"
+            )
+        server_defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
+        self.servers = parse_servers(servers, server_defaults)
+        for spec in self.servers:
+            if spec.shared_fs is not True:
+                raise ConfigError(
+                    f"server {spec.name!r}: shared_fs={spec.shared_fs!r} is not "
+                    "supported yet; the workdir must be visible on every host "
+                    "(set mounted_workdir if it is mounted elsewhere there)"
+                )
+        self.hosts: dict[str, _Host] = {
+            s.name: _Host(s, self.workdir) for s in self.servers
+        }
+        self.placement = Placement(
+            (HostSlots(s.name, s.forks or self.forks) for s in self.servers),
+            cooldown=host_cooldown,
+        )
+        self.lost_after = lost_after
+        # A job can only run where a slot is; never admit more than all hosts hold.
+        self.forks = min(self.forks, self.placement.capacity)
+        self._slot_freed = asyncio.Event()
+        self._unreachable_since: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(self.hosts)
+        return (
+            f"<SshScheduler [{hosts}] workdir={str(self.workdir)!r} forks={self.forks}>"
+        )
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(
+            *(h.pool.close() for h in self.hosts.values()), return_exceptions=True
+        )
+
+    # ------------------------------------------------------------ placement
+    async def _reserve(self, job: Job, avoid: set[str]) -> _Host | None:
+        """A host with a free slot for ``job``; waits while all are busy."""
+        while True:
+            slots = self.placement.pick(job.index, avoid=avoid)
+            if slots is not None:
+                return self.hosts[slots.name]
+            usable = [
+                h
+                for h in self.placement.hosts.values()
+                if h.name not in avoid and not h.is_down(time.monotonic())
+            ]
+            if not usable:
+                return None
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._slot_freed.wait()
+
+    def _release(self, job: Job, ok: bool | None = None) -> None:
+        self.placement.release(job.extra.get("host"), job.index, ok)
+        self._slot_freed.set()
+
+    async def transition_job_status(
+        self,
+        job: Job,
+        new_status: JobStatus,
+        rc: str | int | None = None,
+        error_msg: str | None = None,
+        is_killed: bool = False,
+        *,
+        persist: bool = False,
+    ) -> None:
+        await super().transition_job_status(
+            job, new_status, rc, error_msg, is_killed, persist=persist
+        )
+        if JobStatus(new_status).is_terminal:
+            self._release(job, ok=JobStatus(new_status) == JobStatus.FINISHED)
+
+    # --------------------------------------------------------------- submit
+    def _render_for(self, job: Job, host: _Host) -> str:
+        spec = self.wrapper_spec(job)
+        spec.metadir = str(host.workdir)
+        spec.job_metadir = host.mounted(self.workdir, job.metadir)
+        return render(spec)
+
+    async def submit_job(self, job: Job) -> str:
+        from ... import fileio
+
+        avoid: set[str] = set(job.extra.get("failed_hosts", ()))
+        tried: set[str] = set()
+        errors: list[str] = []
+        while True:
+            host = await self._reserve(job, avoid | tried)
+            if host is None:
+                detail = "; ".join(errors) or "every host is marked down"
+                raise JobSubmissionError(f"no host could start the job: {detail}")
+            job.extra["host"] = host.name
+            try:
+                await host.ensure_ready()
+                script = job.wrapped_script_file(self.name)
+                await fileio.write_text(script, self._render_for(job, host), mode=0o700)
+                reply = await host.run(
+                    remote.launch(
+                        host.mounted(self.workdir, script),
+                        host.mounted(self.workdir, job.stdout_file),
+                        host.mounted(self.workdir, job.stderr_file),
+                    )
+                )
+            except SshError as exc:
+                self.placement.release(host.name, job.index)
+                adopted = await self._adopt_after_lost_launch(job, host, exc)
+                if adopted is not None:
+                    return adopted
+                # Unreachable, or unusable (auth, host key, no bash): skip it
+                # for a cool-down and try the next host.
+                self.placement.mark_down(host.name, str(exc))
+                logger.warning("job %s: %s; trying another host", job.index, exc)
+                errors.append(str(exc))
+                tried.add(host.name)
+                continue
+            except BaseException:
+                self.placement.release(host.name, job.index)
+                raise
+            launched = remote.parse_launch(reply.stdout)
+            if isinstance(launched, str):
+                self.placement.release(host.name, job.index)
+                if launched == "noscript":
+                    raise JobSubmissionError(
+                        f"{host.label}: the job script "
+                        f"{host.mounted(self.workdir, script)} is not visible on "
+                        "this host; the workdir must be on a filesystem the host "
+                        "shares (set mounted_workdir if it is mounted elsewhere)"
+                    )
+                raise JobSubmissionError(
+                    f"{host.label}: could not start the job: {launched} "
+                    f"{reply.stderr.strip()}".strip()
+                )
+            self.placement.mark_up(host.name)
+            return f"{host.name}:{launched.pid}:{launched.starttime}"
+
+    async def _adopt_after_lost_launch(
+        self, job: Job, host: _Host, exc: SshError
+    ) -> str | None:
+        """The connection dropped while starting the job: did it start?
+
+        The wrapper writes job.pid ("pid starttime") first thing; if it
+        appears, the job runs and is adopted instead of being started twice.
+        """
+        from ... import fileio
+
+        if not isinstance(exc, SshError) or not exc.retryable:
+            return None
+        pid_file = job.metadir / "job.pid"
+        deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
+        while time.monotonic() < deadline:
+            text = await fileio.read_text(pid_file)
+            if text and len(text.split()) == 2:
+                pid, start = text.split()
+                self.placement.hold(host.name, job.index)
+                logger.warning(
+                    "job %s: connection lost while starting it, but it started "
+                    "(pid %s on %s): adopted",
+                    job.index,
+                    pid,
+                    host.name,
+                )
+                return f"{host.name}:{pid}:{start}"
+            await asyncio.sleep(0.1)
+        return None
+
+    async def job_is_submitted_or_running(self, job: Job) -> bool:
+        running = await super().job_is_submitted_or_running(job)
+        if running:
+            parsed = parse_jid(job.jid)
+            if parsed is not None:
+                job.extra["host"] = parsed[0]
+                self.placement.hold(parsed[0], job.index)
+        return running
+
+    async def retry_job(self, job: Job) -> None:
+        failed = set(job.extra.get("failed_hosts", ()))
+        if job.extra.get("host"):
+            failed.add(job.extra["host"])
+        job.extra["failed_hosts"] = failed
+        await super().retry_job(job)
+
+    # ------------------------------------------------------------ liveness
+    async def job_is_running(self, job: Job) -> bool:
+        parsed = parse_jid(await job.get_jid())
+        if parsed is None or parsed[0] not in self.hosts:
+            return False
+        name, pid, start = parsed
+        reply = await self.hosts[name].run(remote.dead_among([(pid, start)]))
+        return pid not in remote.parse_pids(reply.stdout)
+
+    async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
+        """One round trip per host for all of its active jobs."""
+        by_host: dict[str, list[tuple[int, Job, int, int]]] = defaultdict(list)
+        result = [False] * len(jobs)
+        for i, job in enumerate(jobs):
+            parsed = parse_jid(job.jid)
+            if parsed is None or parsed[0] not in self.hosts:
+                result[i] = True
+                job.extra["lost_reason"] = f"its job id {job.jid!r} names no known host"
+                continue
+            by_host[parsed[0]].append((i, job, parsed[1], parsed[2]))
+
+        async def check(name: str, items: list[tuple[int, Job, int, int]]) -> None:
+            host = self.hosts[name]
+            try:
+                reply = await host.run(
+                    remote.dead_among([(pid, start) for _, _, pid, start in items])
+                )
+            except SshError as exc:
+                since = self._unreachable_since.setdefault(name, time.monotonic())
+                if time.monotonic() - since >= self.lost_after:
+                    for i, job, _, _ in items:
+                        result[i] = True
+                        job.extra["lost_reason"] = (
+                            f"host {host.label} has been unreachable for "
+                            f"{self.lost_after:.0f}s ({exc}); the job is lost"
+                        )
+                return
+            self._unreachable_since.pop(name, None)
+            dead = remote.parse_pids(reply.stdout)
+            for i, job, pid, _ in items:
+                if pid in dead:
+                    result[i] = True
+                    job.extra["lost_reason"] = (
+                        f"the job's process (pid {pid}) on {host.label} is gone "
+                        "but it never wrote a final status (killed from outside, "
+                        "out of memory, or the host rebooted)"
+                    )
+
+        async with asyncio.TaskGroup() as tg:
+            for name, items in by_host.items():
+                tg.create_task(check(name, items))
+        return result
+
+    # ----------------------------------------------------------------- kill
+    async def kill_job(self, job: Job) -> None:
+        parsed = parse_jid(job.jid or await job.get_jid())
+        if parsed is None or parsed[0] not in self.hosts:
+            return
+        name, pid, start = parsed
+        host = self.hosts[name]
+        reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
+        if "xq-killing" not in reply.stdout:
+            return
+        # The host escalates to KILL by itself; wait until the group is gone
+        # (a remote process exit sends us nothing, so ask a few times).
+        deadline = time.monotonic() + self.kill_grace + 5
+        while time.monotonic() < deadline:
+            check = await host.run(remote.group_alive(pid))
+            if "gone" in check.stdout:
+                return
+            await asyncio.sleep(0.1)
+        logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
