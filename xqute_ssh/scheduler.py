@@ -446,13 +446,14 @@ class Scheduler(ABC):
     async def _check_lost(self, jobs: Sequence[Job]) -> None:
         if not jobs:
             return
-        lost = await self.jobs_fail_before_running(jobs)
-        for job, is_lost in zip(jobs, lost, strict=True):
-            if not is_lost:
-                continue
-            # The wrapper writes its end before it exits: read again now that
-            # we know it is gone, so a job that just ended is not called lost.
-            status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+        lost_flags = await self.jobs_fail_before_running(jobs)
+        lost = [j for j, is_lost in zip(jobs, lost_flags, strict=True) if is_lost]
+        if not lost:
+            return
+        # The wrapper writes its end before it exits: read again now that we
+        # know it is gone, so a job that just ended is not called lost.
+        statuses = await self.refresh_job_statuses(lost)
+        for job, status in zip(lost, statuses, strict=True):
             if status is not None and status.is_terminal:
                 await self._apply_status(job, status)
                 continue

@@ -39,7 +39,9 @@ CONNECTION_KEYS = frozenset(
     }
 )
 #: Options about how jobs use the host.
-JOB_KEYS = frozenset({"forks", "mounted_workdir", "shared_fs"})
+JOB_KEYS = frozenset(
+    {"forks", "mounted_workdir", "shared_fs", "remote_workdir", "keep_remote"}
+)
 SERVER_KEYS = CONNECTION_KEYS | JOB_KEYS
 
 SharedFs = bool | Literal["auto"]
@@ -54,6 +56,8 @@ class ServerSpec:
     forks: int | None
     mounted_workdir: str | None
     shared_fs: SharedFs
+    remote_workdir: str | None = None
+    keep_remote: bool = False
 
     def __repr__(self) -> str:
         return f"<ServerSpec {self.name} {self.config.label} forks={self.forks}>"
@@ -143,13 +147,23 @@ def parse_servers(
         mounted = job_opts.get("mounted_workdir")
         if mounted is not None and not isinstance(mounted, str):
             raise ConfigError(f"{where}: mounted_workdir must be a path string")
+        remote_wd = job_opts.get("remote_workdir")
+        if remote_wd is not None and (
+            not isinstance(remote_wd, str) or not remote_wd.startswith(("/", "~/"))
+        ):
+            raise ConfigError(
+                f"{where}: remote_workdir must be an absolute path (or start "
+                f"with ~/), got {remote_wd!r}"
+            )
         specs.append(
             ServerSpec(
                 name=name,
                 config=config,
                 forks=_forks(where, job_opts.get("forks")),
                 mounted_workdir=mounted,
-                shared_fs=_shared(where, job_opts.get("shared_fs", True)),
+                shared_fs=_shared(where, job_opts.get("shared_fs", "auto")),
+                remote_workdir=remote_wd,
+                keep_remote=bool(job_opts.get("keep_remote", False)),
             )
         )
     return specs

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from ... import fileio
 from ...errors import ConfigError, JobSubmissionError, SshError
 from ...job import Job
 from ...path import SpecPath
@@ -34,7 +36,7 @@ from ...ssh import CommandResult, HostPool
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
 from ...status import JobStatus
 from ...wrapper import render
-from . import remote
+from . import remote, unshared
 from .options import CONNECTION_KEYS, ServerSpec, parse_servers
 from .placement import HostSlots, Placement
 
@@ -71,6 +73,17 @@ class _Host:
         )
         self.probe: remote.ProbeResult | None = None
         self._probe_lock = asyncio.Lock()
+        #: Whether this host sees the workdir (decided once, at first use).
+        self.shared: bool | None = spec.shared_fs if spec.shared_fs != "auto" else None
+        #: Where jobs run on a host without the workdir.
+        self.remote_root: PurePosixPath | None = None
+        #: Fetched remote job directories to delete on the next round trip.
+        self.pending_rm: list[str] = []
+
+    def job_dir(self, index: int) -> str:
+        """The remote job directory (hosts without the workdir)."""
+        assert self.remote_root is not None
+        return str(self.remote_root / str(index))
 
     @property
     def label(self) -> str:
@@ -84,8 +97,9 @@ class _Host:
     async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
         return await self.pool.run(snippet, timeout=timeout)
 
-    async def ensure_ready(self) -> None:
-        """Check once per host that it can run jobs (bash >= 4.3, setsid)."""
+    async def ensure_ready(self, workdir: SpecPath) -> None:
+        """Check once per host that it can run jobs (bash >= 4.3, setsid),
+        and find out whether it sees the workdir."""
         if self.probe is not None:
             return
         async with self._probe_lock:
@@ -111,8 +125,39 @@ class _Host:
                     f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
                     "old; xqute_ssh needs bash 4.3 or newer",
                 )
+            if self.shared is None:
+                self.shared = await self._sees_workdir(workdir)
+                logger.info(
+                    "%s %s the workdir: %s",
+                    self.label,
+                    "sees" if self.shared else "does not see",
+                    "jobs use it directly"
+                    if self.shared
+                    else "jobs run in a remote directory, files are fetched back",
+                )
+            if not self.shared:
+                root = self.spec.remote_workdir
+                if root and root.startswith("~/"):
+                    root = str(PurePosixPath(probe.home) / root[2:])
+                self.remote_root = (
+                    PurePosixPath(root)
+                    if root
+                    else unshared.default_remote_workdir(probe.home, str(workdir.path))
+                )
             self.probe = probe
             logger.info("%s ready (bash %s)", self.label, probe.bash_version)
+
+    async def _sees_workdir(self, workdir: SpecPath) -> bool:
+        """Write a random token locally; is it readable at the mounted path?"""
+        token = secrets.token_hex(16)
+        name = f".xqute-fs-check-{token[:12]}"
+        local = workdir / name
+        await fileio.write_text(local, token + "\n")
+        try:
+            reply = await self.run(unshared.fs_token_check(str(self.workdir / name)))
+        finally:
+            await fileio.unlink(local)
+        return reply.stdout.strip() == token
 
 
 class SshScheduler(Scheduler):
@@ -153,13 +198,6 @@ class SshScheduler(Scheduler):
             )
         server_defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
         self.servers = parse_servers(servers, server_defaults)
-        for spec in self.servers:
-            if spec.shared_fs is not True:
-                raise ConfigError(
-                    f"server {spec.name!r}: shared_fs={spec.shared_fs!r} is not "
-                    "supported yet; the workdir must be visible on every host "
-                    "(set mounted_workdir if it is mounted elsewhere there)"
-                )
         self.hosts: dict[str, _Host] = {
             s.name: _Host(s, self.workdir) for s in self.servers
         }
@@ -180,6 +218,15 @@ class SshScheduler(Scheduler):
         )
 
     async def shutdown(self) -> None:
+        async def flush(host: _Host) -> None:
+            if host.pending_rm:
+                remove, host.pending_rm = host.pending_rm, []
+                with contextlib.suppress(SshError):
+                    await host.run(unshared.read_statuses([], remove))
+
+        await asyncio.gather(
+            *(flush(h) for h in self.hosts.values()), return_exceptions=True
+        )
         await asyncio.gather(
             *(h.pool.close() for h in self.hosts.values()), return_exceptions=True
         )
@@ -226,13 +273,25 @@ class SshScheduler(Scheduler):
     # --------------------------------------------------------------- submit
     def _render_for(self, job: Job, host: _Host) -> str:
         spec = self.wrapper_spec(job)
-        spec.metadir = str(host.workdir)
-        spec.job_metadir = host.mounted(self.workdir, job.metadir)
+        if host.shared:
+            spec.metadir = str(host.workdir)
+            spec.job_metadir = host.mounted(self.workdir, job.metadir)
+        else:
+            spec.metadir = str(host.remote_root)
+            spec.job_metadir = host.job_dir(job.index)
         return render(spec)
 
-    async def submit_job(self, job: Job) -> str:
-        from ... import fileio
+    def _launch_request(self, job: Job, host: _Host, text: str) -> str:
+        script = job.wrapped_script_file(self.name)
+        if host.shared:
+            return remote.launch(
+                host.mounted(self.workdir, script),
+                host.mounted(self.workdir, job.stdout_file),
+                host.mounted(self.workdir, job.stderr_file),
+            )
+        return unshared.launch(host.job_dir(job.index), text)
 
+    async def submit_job(self, job: Job) -> str:
         avoid: set[str] = set(job.extra.get("failed_hosts", ()))
         tried: set[str] = set()
         errors: list[str] = []
@@ -243,16 +302,13 @@ class SshScheduler(Scheduler):
                 raise JobSubmissionError(f"no host could start the job: {detail}")
             job.extra["host"] = host.name
             try:
-                await host.ensure_ready()
+                await host.ensure_ready(self.workdir)
                 script = job.wrapped_script_file(self.name)
-                await fileio.write_text(script, self._render_for(job, host), mode=0o700)
-                reply = await host.run(
-                    remote.launch(
-                        host.mounted(self.workdir, script),
-                        host.mounted(self.workdir, job.stdout_file),
-                        host.mounted(self.workdir, job.stderr_file),
-                    )
-                )
+                text = self._render_for(job, host)
+                # On a host without the workdir this local copy is for reading
+                # only; the script travels inside the launch request.
+                await fileio.write_text(script, text, mode=0o700)
+                reply = await host.run(self._launch_request(job, host, text))
             except SshError as exc:
                 self.placement.release(host.name, job.index)
                 adopted = await self._adopt_after_lost_launch(job, host, exc)
@@ -293,9 +349,7 @@ class SshScheduler(Scheduler):
         The wrapper writes job.pid ("pid starttime") first thing; if it
         appears, the job runs and is adopted instead of being started twice.
         """
-        from ... import fileio
-
-        if not isinstance(exc, SshError) or not exc.retryable:
+        if not exc.retryable or not host.shared:
             return None
         pid_file = job.metadir / "job.pid"
         deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
@@ -337,8 +391,102 @@ class SshScheduler(Scheduler):
         if parsed is None or parsed[0] not in self.hosts:
             return False
         name, pid, start = parsed
-        reply = await self.hosts[name].run(remote.dead_among([(pid, start)]))
+        host = self.hosts[name]
+        await host.ensure_ready(self.workdir)  # re-attach needs its paths
+        reply = await host.run(remote.dead_among([(pid, start)]))
         return pid not in remote.parse_pids(reply.stdout)
+
+    # --------------------------------------------- hosts without the workdir
+    def _unshared_host(self, job: Job) -> _Host | None:
+        host = self.hosts.get(job.extra.get("host") or "")
+        return host if host is not None and host.shared is False else None
+
+    async def refresh_job_statuses(self, jobs: Sequence[Job]) -> list[JobStatus | None]:
+        """Shared hosts: the local files.  Others: one round trip per host,
+        and a job that ended has its files fetched before it is reported."""
+        result: list[JobStatus | None] = [None] * len(jobs)
+        local: list[int] = []
+        by_host: dict[str, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            host = self._unshared_host(job)
+            if host is None:
+                local.append(i)
+            else:
+                by_host[host.name].append(i)
+        if local:
+            read = await super().refresh_job_statuses([jobs[i] for i in local])
+            for i, status in zip(local, read, strict=True):
+                result[i] = status
+
+        async def poll(host: _Host, idxs: list[int]) -> None:
+            remove, host.pending_rm = host.pending_rm, []
+            try:
+                reply = await host.run(
+                    unshared.read_statuses(
+                        [(jobs[i].index, host.job_dir(jobs[i].index)) for i in idxs],
+                        remove,
+                    )
+                )
+            except SshError as exc:
+                host.pending_rm[:0] = remove
+                logger.debug("%s: cannot read statuses: %s", host.label, exc)
+                return
+            parsed = unshared.parse_statuses(reply.stdout)
+
+            async def one(i: int) -> None:
+                job = jobs[i]
+                status = JobStatus.parse(parsed.get(job.index, ""))
+                if status is None:
+                    return
+                if status.is_terminal:
+                    if not await self._fetch(job, host):
+                        return  # try again next cycle
+                elif status == JobStatus.RUNNING and job.status == JobStatus.SUBMITTED:
+                    await fileio.write_text(job.status_file, f"{int(status)}\n")
+                result[i] = status
+
+            await asyncio.gather(*(one(i) for i in idxs))
+
+        if by_host:
+            async with asyncio.TaskGroup() as tg:
+                for name, idxs in by_host.items():
+                    tg.create_task(poll(self.hosts[name], idxs))
+        return result
+
+    async def _fetch(self, job: Job, host: _Host) -> bool:
+        """Bring rc, stdout, stderr and the status home; False if not possible."""
+        job_dir = host.job_dir(job.index)
+        snippet, mark = unshared.fetch_small(job_dir)
+        try:
+            reply = await host.run(snippet)
+            fetched = unshared.parse_fetch(reply.stdout, mark)
+            if fetched is None:
+                return False
+            if fetched.stdout is None or fetched.stderr is None:
+                await self._stream_outputs(job, host, job_dir)
+            else:
+                await fileio.to_thread(
+                    _write_outputs, job, fetched.stdout, fetched.stderr
+                )
+        except (SshError, OSError) as exc:
+            logger.warning(
+                "job %s: cannot fetch its files from %s: %s", job.index, host.label, exc
+            )
+            return False
+        status = await fileio.to_thread(_write_end, job, fetched.rc)
+        if not host.spec.keep_remote:
+            host.pending_rm.append(job_dir)
+        return status
+
+    async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
+        """Large outputs: SFTP straight into the local files, in chunks."""
+        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+            for name, local in (
+                ("job.stdout", job.stdout_file),
+                ("job.stderr", job.stderr_file),
+            ):
+                if await sftp.exists(f"{job_dir}/{name}"):
+                    await sftp.get(f"{job_dir}/{name}", str(local))
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
         """One round trip per host for all of its active jobs."""
@@ -385,6 +533,12 @@ class SshScheduler(Scheduler):
         return result
 
     # ----------------------------------------------------------------- kill
+    async def kill_job_and_update_status(self, job: Job) -> None:
+        host = self._unshared_host(job)
+        if host is not None:
+            job.extra["fetch_after_kill"] = host.name
+        await super().kill_job_and_update_status(job)
+
     async def kill_job(self, job: Job) -> None:
         parsed = parse_jid(job.jid or await job.get_jid())
         if parsed is None or parsed[0] not in self.hosts:
@@ -400,6 +554,26 @@ class SshScheduler(Scheduler):
         while time.monotonic() < deadline:
             check = await host.run(remote.group_alive(pid))
             if "gone" in check.stdout:
+                if job.extra.pop("fetch_after_kill", None) and host.shared is False:
+                    await self._fetch(job, host)  # what it wrote before dying
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
+
+
+def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:
+    for path, data in ((job.stdout_file, stdout), (job.stderr_file, stderr)):
+        with open(str(path), "wb") as fh:
+            fh.write(data)
+
+
+def _write_end(job: Job, rc: str) -> bool:
+    """Write job.rc and the final status locally (rc first, as the wrapper)."""
+    try:
+        code = int(rc)
+    except ValueError:
+        return False
+    fileio.write_text_sync(job.rc_file, f"{code}\n")
+    status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
+    fileio.write_text_sync(job.status_file, f"{int(status)}\n")
+    return True

@@ -1,0 +1,466 @@
+"""Parse and check the command line, and turn it into a :class:`RunPlan`.
+
+argparse checks the syntax; the functions here check what it cannot (files
+that must be readable, server specs, a servers file, each job's command), so
+``run.py`` never sees raw user input.  Every problem found here is a
+:class:`UsageError` whose message names the flag: exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..job import normalize_cmd
+
+#: Job slots per SSH server when neither -j nor the server's ``forks`` says.
+DEFAULT_FORKS_PER_SERVER = 8
+DEFAULT_WORKDIR = "./.xqute"
+PLACEHOLDER = "{}"
+
+#: Xqute parameters that have a flag of their own; a servers file may not set
+#: them at top level (the value would clash with the flag's).
+_FLAG_OWNED = {
+    "forks": "-j/--jobs (per-server forks go under [servers.NAME])",
+    "workdir": "-w/--workdir",
+    "error_strategy": "--retries/--halt",
+    "num_retries": "--retries",
+    "submission_batch": None,
+    "jobname_prefix": None,
+}
+
+_SERVER_RE = re.compile(
+    r"""^(?:(?P<user>[^@\s:/\[\]]+)@)?        # optional user@
+        (?:\[(?P<host6>[0-9A-Fa-f:.%]+)\]     # [ipv6]
+          |(?P<host>[A-Za-z0-9_.\-]+))        # name or ipv4
+        (?::(?P<port>[0-9]+))?$               # optional :port
+    """,
+    re.VERBOSE,
+)
+
+RUN_EPILOG = """\
+Each job's command is an argv: every CMD/ARGS word is one argument, passed to
+the program byte for byte (no shell involved).  With -a, "{}" inside any word
+is replaced by the line; without "{}" the line is appended as the last
+argument.  For shell code, say so:   -- bash -c 'wc -c "$1"' _ {}
+With -f, each line of JOBSFILE is shell code run by bash.
+
+examples:
+  xqute-ssh run -a files.txt -- gzip -9 {}
+  xqute-ssh run -S alice@node1 -S node2:2222 -a ids.txt -- ./train.sh --seed {}
+  xqute-ssh run --servers-file hosts.toml -f jobs.sh --retries 2
+  xqute-ssh status ./.xqute
+"""
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message names the flag (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything ``run`` needs, checked: one command per job, in index order."""
+
+    commands: list[str | list[str]]
+    scheduler: str = "local"
+    scheduler_opts: dict[str, Any] = field(default_factory=dict)
+    forks: int = 1
+    workdir: str = DEFAULT_WORKDIR
+    error_strategy: str = "ignore"
+    num_retries: int = 0
+    resume: bool = False
+    #: what the scheduler options came from, to name it in errors
+    servers_flag: str | None = None
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser()
+
+
+# ---------------------------------------------------------------- argparse
+def _forks(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 1, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _retries(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 0, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (a number >= 0), got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number >= 0 (0: no timeout), got {text!r}"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xqute-ssh`` parser with its ``run``, ``status`` and ``demo`` commands."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="xqute-ssh",
+        description="Run batches of shell jobs on SSH hosts or on this machine.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        usage="xqute-ssh run [options] [-a ARGFILE | -f JOBSFILE] [-- CMD [ARGS...]]",
+        help="run a batch of jobs",
+        description="Run one job per line of ARGFILE or JOBSFILE, or one job.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = run.add_argument_group("where jobs run")
+    where.add_argument(
+        "-S",
+        "--server",
+        action="append",
+        default=[],
+        metavar="SERVER",
+        help="an SSH host as [user@]host[:port]; repeat for more hosts "
+        "(no server: this machine)",
+    )
+    where.add_argument(
+        "--servers-file",
+        metavar="FILE",
+        help="TOML (or YAML, with PyYAML) file with a [servers] table and "
+        "scheduler defaults such as keyfile and known_hosts",
+    )
+    where.add_argument(
+        "-j",
+        "--jobs",
+        type=_forks,
+        metavar="FORKS",
+        help="jobs running at once, over all hosts (default: the number of "
+        f"CPUs here; with servers {DEFAULT_FORKS_PER_SERVER} per server, or "
+        "the servers' own forks)",
+    )
+    where.add_argument(
+        "-w",
+        "--workdir",
+        default=DEFAULT_WORKDIR,
+        help=f"where each job's files are kept (default: {DEFAULT_WORKDIR})",
+    )
+    what = run.add_argument_group("what to run")
+    source = what.add_mutually_exclusive_group()
+    source.add_argument(
+        "-a",
+        "--arg-file",
+        metavar="ARGFILE",
+        help="one job per line: {} in CMD/ARGS becomes the line ('-': stdin)",
+    )
+    source.add_argument(
+        "-f",
+        "--jobs-file",
+        metavar="JOBSFILE",
+        help="one job per line, each line shell code; blank lines and "
+        "# comments are skipped ('-': stdin)",
+    )
+    how = run.add_argument_group("failures and time")
+    strategy = how.add_mutually_exclusive_group()
+    strategy.add_argument(
+        "--retries",
+        type=_retries,
+        metavar="N",
+        help="retry a failed job up to N times",
+    )
+    strategy.add_argument(
+        "--halt",
+        action="store_true",
+        help="stop at the first failure: submit nothing more, kill what runs",
+    )
+    how.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="kill a job after this long; it ends FAILED with rc 124",
+    )
+    how.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip jobs whose files in the workdir show the same command "
+        "already finished with rc 0",
+    )
+    show = run.add_argument_group("output")
+    show.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only errors and the final summary line",
+    )
+    show.add_argument(
+        "-v", "--verbose", action="store_true", help="log what the engine does"
+    )
+    run.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS...]",
+        help="the command (after --)",
+    )
+
+    status = sub.add_parser(
+        "status",
+        help="show the jobs in a workdir",
+        description="A table of the jobs in WORKDIR: index, status, host, rc, "
+        "duration and command.",
+    )
+    status.add_argument(
+        "workdir",
+        nargs="?",
+        default=DEFAULT_WORKDIR,
+        metavar="WORKDIR",
+        help=f"the workdir of a run (default: {DEFAULT_WORKDIR})",
+    )
+    status.add_argument("--json", action="store_true", help="print a JSON list instead")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a small batch over two throwaway loopback sshd hosts",
+        description="Start two loopback sshd hosts (needs openssh-server) and "
+        "run a small batch of jobs over them with the live display.",
+    )
+    demo.add_argument(
+        "-v", "--verbose", action="store_true", help="log what the engine does"
+    )
+    return parser
+
+
+# ------------------------------------------------------------- job sources
+def read_lines(path: str, flag: str) -> list[str]:
+    """The lines of a file, split on newline only, decoded losslessly.
+
+    Bytes that are not UTF-8 survive as surrogate escapes, which the engine
+    turns back into the same bytes, so any file name can be a job argument.
+    """
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"{flag}: cannot read {path!r}: {exc.strerror or exc}"
+        ) from None
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return [line.decode("utf-8", "surrogateescape") for line in lines]
+
+
+def substitute(template: Sequence[str], arg: str) -> list[str]:
+    """The argv for one ARGFILE line: ``{}`` replaced in every word, else appended."""
+    if any(PLACEHOLDER in word for word in template):
+        return [word.replace(PLACEHOLDER, arg) for word in template]
+    return [*template, arg]
+
+
+def _checked(cmd: str | list[str], where: str) -> str | list[str]:
+    try:
+        return normalize_cmd(cmd)
+    except ConfigError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def build_commands(
+    command: Sequence[str], arg_file: str | None, jobs_file: str | None
+) -> list[str | list[str]]:
+    """One command per job: argv lists (CMD, -a) or shell code strings (-f)."""
+    if jobs_file is not None:
+        if command:
+            raise UsageError(
+                "-f/--jobs-file: each line of JOBSFILE is a whole job; "
+                f"give no CMD after -- (got {' '.join(command)!r})"
+            )
+        jobs: list[str | list[str]] = []
+        for n, line in enumerate(read_lines(jobs_file, "-f/--jobs-file"), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                jobs.append(_checked(line, f"-f/--jobs-file line {n}"))
+        return jobs
+    if not command:
+        raise UsageError(
+            "no command: give one after --, e.g. `xqute-ssh run -- echo hi`, "
+            "or a jobs file with -f"
+        )
+    if arg_file is None:
+        return [_checked(list(command), "CMD")]
+    return [
+        _checked(substitute(command, line), f"-a/--arg-file line {n}")
+        for n, line in enumerate(read_lines(arg_file, "-a/--arg-file"), 1)
+    ]
+
+
+# ----------------------------------------------------------------- servers
+def parse_server_spec(spec: str) -> dict[str, Any]:
+    """``[user@]host[:port]`` as scheduler options (host, and user/port if given)."""
+    match = _SERVER_RE.match(spec)
+    if match is None:
+        raise UsageError(
+            f"-S/--server {spec!r}: expected [user@]host[:port], e.g. alice@node1:2222"
+        )
+    out: dict[str, Any] = {"host": match["host6"] or match["host"]}
+    if match["user"]:
+        out["user"] = match["user"]
+    if match["port"] is not None:
+        port = int(match["port"])
+        if not 1 <= port <= 65535:
+            raise UsageError(f"-S/--server {spec!r}: port {port} is outside 1..65535")
+        out["port"] = port
+    return out
+
+
+def load_servers_file(path: str) -> dict[str, Any]:
+    """A servers file as scheduler options: ``servers`` plus defaults.
+
+    TOML always (tomllib); YAML when the name ends in .yaml/.yml and PyYAML
+    is importable; we add no dependency for it.
+    """
+    flag = f"--servers-file {path}"
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read it: {exc.strerror or exc}") from None
+    data: Any
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(
+                f"{flag}: reading YAML needs PyYAML (pip install pyyaml); "
+                "or write the file as TOML"
+            ) from None
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{flag}: not valid YAML: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{flag}: not valid TOML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise UsageError(f"{flag}: expected a table with a 'servers' entry")
+    opts = dict(data)
+    for key, instead in _FLAG_OWNED.items():
+        if key in opts:
+            hint = f"; use {instead}" if instead else ""
+            raise UsageError(f"{flag}: {key!r} cannot be set in a servers file{hint}")
+    servers = opts.get("servers")
+    if isinstance(servers, Mapping) and servers:
+        for name, entry in servers.items():
+            if entry is not None and not isinstance(entry, Mapping):
+                raise UsageError(
+                    f"{flag}: server {name!r} must be a table of options, not {entry!r}"
+                )
+        opts["servers"] = {str(k): dict(v or {}) for k, v in servers.items()}
+    elif isinstance(servers, list) and servers:
+        for spec in servers:
+            if not isinstance(spec, str):
+                raise UsageError(
+                    f"{flag}: a 'servers' list holds [user@]host[:port] "
+                    f"strings, not {spec!r}"
+                )
+            parse_server_spec(spec)
+    else:
+        raise UsageError(
+            f"{flag}: needs a non-empty 'servers' table (name = {{options}}) "
+            "or list of [user@]host[:port]"
+        )
+    return opts
+
+
+def _default_forks(servers: list[str] | dict[str, dict[str, Any]]) -> int:
+    if isinstance(servers, list):
+        return DEFAULT_FORKS_PER_SERVER * len(servers)
+    total = 0
+    for entry in servers.values():
+        forks = entry.get("forks")
+        if isinstance(forks, int) and not isinstance(forks, bool) and forks >= 1:
+            total += forks
+        else:  # absent, or bad: the scheduler names the bad value
+            total += DEFAULT_FORKS_PER_SERVER
+    return total
+
+
+def scheduler_options(
+    server_specs: Sequence[str], servers_file: str | None
+) -> tuple[str, dict[str, Any], int, str | None]:
+    """The scheduler name, its options, default forks, and the flag they came from."""
+    if not server_specs and servers_file is None:
+        return "local", {}, os.cpu_count() or 1, None
+    parsed = {spec: parse_server_spec(spec) for spec in server_specs}
+    if servers_file is None:
+        servers: list[str] | dict[str, dict[str, Any]] = list(server_specs)
+        opts: dict[str, Any] = {"servers": servers}
+        flag = "-S/--server"
+    else:
+        opts = load_servers_file(servers_file)
+        servers = opts["servers"]
+        if isinstance(servers, list):
+            servers = [*servers, *server_specs]
+        else:
+            # -S hosts join the file's and get its defaults (keyfile, ...).
+            servers = {**servers, **parsed}
+        opts["servers"] = servers
+        flag = f"--servers-file {servers_file}"
+    return "ssh", opts, _default_forks(servers), flag
+
+
+def make_plan(ns: argparse.Namespace) -> RunPlan:
+    """Check the parsed ``run`` arguments and turn them into a RunPlan."""
+    command = list(ns.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    scheduler, opts, default_forks, flag = scheduler_options(ns.server, ns.servers_file)
+    commands = build_commands(command, ns.arg_file, ns.jobs_file)
+    if ns.timeout is not None:
+        opts["timeout"] = ns.timeout
+    if not ns.workdir:
+        raise UsageError("-w/--workdir: give a directory")
+    if ns.halt:
+        strategy, retries = "halt", 0
+    elif ns.retries is not None:
+        strategy, retries = "retry", ns.retries
+    else:
+        strategy, retries = "ignore", 0
+    return RunPlan(
+        commands=commands,
+        scheduler=scheduler,
+        scheduler_opts=opts,
+        forks=ns.jobs or default_forks,
+        workdir=ns.workdir,
+        error_strategy=strategy,
+        num_retries=retries,
+        resume=ns.resume,
+        servers_flag=flag,
+    )

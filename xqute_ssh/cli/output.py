@@ -1,0 +1,89 @@
+"""How output is shown: live (a terminal), plain (a pipe or file), or quiet.
+
+Also routes the engine's logger (``xqute_ssh``) through rich's RichHandler for
+the duration of a command.  In live mode the handler shares the display's
+console, so log lines appear above the live display instead of tearing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .progress import LiveView, PlainView, QuietView, View
+from .tally import Tally
+
+LOGGER_NAME = "xqute_ssh"
+
+
+class Mode(StrEnum):
+    LIVE = "live"
+    PLAIN = "plain"
+    QUIET = "quiet"
+
+
+@dataclass
+class Output:
+    """The consoles of one CLI command and how they are used."""
+
+    mode: Mode
+    console: Console  # stdout: the display, job lines, the summary
+    err_console: Console  # stderr: logs (except in live mode), errors
+
+    @classmethod
+    def choose(cls, quiet: bool = False, console: Console | None = None) -> Output:
+        """Live when stdout is a real terminal, plain lines otherwise."""
+        console = console or Console(highlight=False)
+        err = Console(stderr=True, highlight=False)
+        if quiet:
+            mode = Mode.QUIET
+        elif console.is_terminal and not console.is_dumb_terminal:
+            mode = Mode.LIVE
+        else:
+            mode = Mode.PLAIN
+        return cls(mode, console, err)
+
+    def view(self, tally: Tally, n_skip: int = 0) -> View:
+        if self.mode == Mode.LIVE:
+            return LiveView(self.console, tally, n_skip)
+        if self.mode == Mode.PLAIN:
+            return PlainView(self.console.file)
+        return QuietView()
+
+    @contextlib.contextmanager
+    def engine_logging(self, verbose: bool = False) -> Iterator[None]:
+        """Send the engine's log records through RichHandler while inside.
+
+        WARNING by default, INFO with ``-v``, ERROR only with ``--quiet``.
+        The logger's previous level and handlers are restored afterwards.
+        """
+        if self.mode == Mode.QUIET:
+            level = logging.ERROR
+        else:
+            level = logging.INFO if verbose else logging.WARNING
+        console = self.console if self.mode == Mode.LIVE else self.err_console
+        handler = RichHandler(
+            console=console,
+            show_time=False,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+        )
+        handler.setLevel(level)
+        logger = logging.getLogger(LOGGER_NAME)
+        old_level, old_propagate = logger.level, logger.propagate
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False  # shown once, here
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+            logger.propagate = old_propagate

@@ -1,0 +1,259 @@
+"""What the user sees while a batch runs.
+
+:class:`RunMonitor` is a simplug plugin object, passed to
+``Xqute(plugins=[monitor])`` for this run only.  Its hooks update a
+:class:`~.tally.Tally` and tell a view about each job's end:
+
+* :class:`LiveView` (stdout is a terminal): a rich live display with an
+  overall bar (done, failed, running, ETA) and a per-host table;
+* :class:`PlainView` (not a terminal): one line per job end, no ANSI codes;
+* :class:`QuietView` (``--quiet``): nothing.
+
+The monitor also implements ``--resume`` (``on_job_submitting`` returning
+False for a job already finished) and notices a signal (``on_shutdown``) so
+the CLI can exit 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import IO, TYPE_CHECKING, Protocol
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ..plugin import plugin
+from ..status import JobStatus
+from .tally import Ending, Outcome, Tally
+from .workdir import host_from_jid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..job import Job
+    from ..scheduler import Scheduler
+    from ..xqute import Xqute
+
+
+def host_of(job: Job, default: str) -> str:
+    """The host of the job's current attempt: what the scheduler recorded in
+    ``job.extra["host"]``, else what its job id says, else ``default``."""
+    host = job.extra.get("host")
+    if host:
+        return str(host)
+    return host_from_jid(job.jid) or default
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print: undecodable bytes (surrogate escapes) become �."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class View(Protocol):
+    """Where job ends are shown; started and stopped around the run."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def job_ended(self, ending: Ending) -> None: ...
+
+
+class QuietView:
+    """``--quiet``: show nothing while the batch runs."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def job_ended(self, ending: Ending) -> None:
+        pass
+
+
+class PlainView:
+    """One line per job end, for logs and pipes: ``job 3 FINISHED rc=0 host=h``."""
+
+    def __init__(self, file: IO[str] | None = None) -> None:
+        self._file = file
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def job_ended(self, ending: Ending) -> None:
+        file = self._file or sys.stdout
+        rc = "-" if ending.rc is None else ending.rc
+        file.write(
+            f"job {ending.index} {ending.outcome} rc={rc} "
+            f"host={printable(ending.host)}\n"
+        )
+        file.flush()
+
+
+class _CountsColumn(ProgressColumn):
+    """``12 done  1 failed  4 running  5 skipped``, read from the tally."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__()
+        self._tally = tally
+
+    def render(self, task: Task) -> Text:
+        t = self._tally
+        text = Text.assemble(
+            (f"{t.finished} done", "green"),
+            "  ",
+            (f"{t.failed} failed", "red" if t.failed else "dim"),
+            "  ",
+            (f"{t.running} running", "cyan"),
+        )
+        if t.skipped:
+            text.append(f"  {t.skipped} skipped", "dim")
+        return text
+
+
+class LiveView:
+    """A rich live display: the overall bar and a per-host table.
+
+    The bar counts the jobs that really run (skipped ones are left out), so
+    the ETA is not fooled by a burst of instant skips.  Rendering happens in
+    rich's refresh thread and only reads the tally.
+    """
+
+    def __init__(self, console: Console, tally: Tally, n_skip: int = 0) -> None:
+        self._tally = tally
+        self.progress = Progress(
+            TextColumn("[bold]jobs"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            _CountsColumn(tally),
+            TimeElapsedColumn(),
+            TextColumn("eta", style="dim"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._task = self.progress.add_task("jobs", total=max(0, tally.total - n_skip))
+        self._live = Live(
+            console=console,
+            get_renderable=self.render,
+            refresh_per_second=8,
+            transient=True,  # the summary table takes its place
+        )
+
+    def render(self) -> RenderableType:
+        table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False)
+        table.add_column("host")
+        table.add_column("running", justify="right", style="cyan")
+        table.add_column("finished", justify="right", style="green")
+        table.add_column("failed", justify="right", style="red")
+        for host, counts in sorted(dict(self._tally.hosts).items()):
+            table.add_row(
+                printable(host),
+                str(counts.running),
+                str(counts.finished),
+                str(counts.failed),
+            )
+        return Group(self.progress, table)
+
+    def start(self) -> None:
+        self._live.start()
+
+    def stop(self) -> None:
+        self._live.stop()
+
+    def job_ended(self, ending: Ending) -> None:
+        t = self._tally
+        self.progress.update(self._task, completed=t.finished + t.failed)
+
+
+class RunMonitor:
+    """The CLI's plugin: counts jobs, shows their ends, skips resumed ones.
+
+    Args:
+        tally: where the counts go.
+        view: where job ends are shown.
+        skip: indexes of jobs already finished (``--resume``).
+        default_host: the host name for jobs whose scheduler names none.
+    """
+
+    name = "xqute-ssh-cli"
+
+    def __init__(
+        self, tally: Tally, view: View, skip: set[int], default_host: str
+    ) -> None:
+        self.tally = tally
+        self.view = view
+        self._skip = set(skip)
+        self._default_host = default_host
+        #: the signal that stopped the run (SIGINT: exit 130), if any
+        self.signal: signal.Signals | None = None
+        #: set once the run has ended (naturally, halted or by a signal)
+        self.shut_down = False
+
+    def _host(self, job: Job) -> str:
+        return host_of(job, self._default_host)
+
+    async def _end(self, job: Job, outcome: Outcome, rc: int | None = None) -> None:
+        if rc is None:
+            rc = await job.get_rc()
+        host = self.tally.host_of_running(job.index) or self._host(job)
+        ending = self.tally.ended_as(job.index, outcome, rc, host)
+        if ending is not None:
+            self.view.job_ended(ending)
+
+    @plugin.impl
+    async def on_job_submitting(self, scheduler: Scheduler, job: Job) -> bool | None:
+        if job.index not in self._skip:
+            return None
+        self._skip.discard(job.index)
+        # The engine keeps a status a plugin set before cancelling (plugin.py).
+        await job.set_status(JobStatus.FINISHED)
+        await self._end(job, Outcome.SKIPPED, 0)
+        return False
+
+    @plugin.impl
+    async def on_job_submitted(self, scheduler: Scheduler, job: Job) -> None:
+        self.tally.started(job.index, self._host(job))
+
+    @plugin.impl
+    async def on_job_started(self, scheduler: Scheduler, job: Job) -> None:
+        self.tally.started(job.index, self._host(job))
+
+    @plugin.impl
+    async def on_job_queued(self, scheduler: Scheduler, job: Job) -> None:
+        self.tally.requeued(job.index)
+
+    @plugin.impl
+    async def on_job_succeeded(self, scheduler: Scheduler, job: Job) -> None:
+        await self._end(job, Outcome.FINISHED)
+
+    @plugin.impl
+    async def on_job_failed(self, scheduler: Scheduler, job: Job) -> None:
+        await self._end(job, Outcome.FAILED)
+
+    @plugin.impl
+    async def on_job_killed(self, scheduler: Scheduler, job: Job) -> None:
+        # A job that ended by itself while being killed keeps its real end.
+        finished = job.status == JobStatus.FINISHED
+        await self._end(job, Outcome.FINISHED if finished else Outcome.KILLED)
+
+    @plugin.impl
+    async def on_shutdown(self, xqute: Xqute, sig: signal.Signals | None) -> None:
+        self.shut_down = True
+        if sig is not None:
+            self.signal = sig

@@ -1,0 +1,913 @@
+"""HostPool: connections, channel slots and control sessions for one host.
+
+Two halves, kept apart so the rules can be tested without a network
+(the httpcore pattern):
+
+* :class:`PoolState` -- pure bookkeeping, no ``await`` anywhere.  It decides
+  who gets which connection, whether to open another connection or start a
+  control session, who is next in the queue, and which idle connections to
+  close.  It returns *actions*; it never does I/O.
+* :class:`HostPool` -- carries the actions out (connects, opens channels,
+  closes things) and reports the outcome back to the state.
+
+Rules:
+
+* A connection carries at most ``max_sessions`` channels; its control session
+  counts as one.  If the server refuses a channel (sshd's ``MaxSessions``
+  below ours) that connection's capacity is lowered to what it holds.
+* ``exec()`` and ``connection()`` hold one channel slot each; callers beyond
+  ``max_connections * max_sessions`` wait FIFO, at most ``acquire_timeout``.
+* ``run()`` goes over control sessions, one per connection, pipelined.  It
+  picks the least-loaded one; only when every control session has
+  ``pipeline_threshold`` requests in flight does the pool add capacity
+  (a control session on a connection without one, else a new connection if
+  ``max_connections`` allows) -- and meanwhile it pipelines anyway.
+* At most one connection is being opened at a time (sshd's ``MaxStartups``
+  drops excess unauthenticated connections), and at most one control session
+  is being started at a time.
+* A connection with nothing in use for ``idle_timeout`` is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import logging
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from ..errors import (
+    ConfigError,
+    SshConnectError,
+    SshConnectionLost,
+    SshError,
+    SshPoolClosed,
+    SshTimeoutError,
+)
+from .config import HostConfig
+from .connect import (
+    SshLink,
+    is_connection_lost,
+    is_session_refused,
+    lost_error,
+    open_link,
+)
+from .control import CommandResult, ControlSession
+
+logger = logging.getLogger("xqute_ssh.ssh")
+
+#: Requests in flight on every control session before the pool adds capacity.
+PIPELINE_THRESHOLD = 32
+#: After a failed connect while other connections work, wait this long before
+#: trying to open another one (the failing host must not be hammered).
+CONNECT_COOLDOWN = 5.0
+_BACKOFF_BASE = 0.25
+_BACKOFF_MAX = 8.0
+_CLOSE_WAIT = 2.0  # bound on waiting for a channel/connection to finish closing
+
+
+# ====================================================================== state
+class ConnState(enum.Enum):
+    CONNECTING = "connecting"
+    READY = "ready"
+
+
+class ControlState(enum.Enum):
+    NONE = "none"
+    STARTING = "starting"
+    READY = "ready"
+
+
+class Want(enum.Enum):
+    SESSION = "session"  # one channel slot (exec, connection())
+    CONTROL = "control"  # one request on a control session (run)
+
+
+@dataclass(eq=False)
+class ConnSlot:
+    """Bookkeeping for one connection; ``link``/``session`` are opaque I/O handles."""
+
+    id: int
+    capacity: int
+    state: ConnState = ConnState.CONNECTING
+    alive: bool = True
+    leases: int = 0  # channel slots held by exec()/connection()
+    control: ControlState = ControlState.NONE
+    control_gen: int = 0  # bumped whenever the active control session changes
+    control_load: int = 0  # run() requests granted to the active control session
+    control_channels: int = 0  # control channels open: starting + active + retiring
+    retiring: list[Any] = field(default_factory=list)
+    wants_control: bool = False  # opened for run() load: start a control at once
+    established: int = 0  # channels the server has accepted and not yet closed
+    idle_since: float | None = None
+    link: Any = None
+    session: Any = None
+
+    @property
+    def sessions(self) -> int:
+        """Channels in use or reserved on this connection."""
+        return self.leases + self.control_channels
+
+    def is_ready(self) -> bool:
+        return self.alive and self.state is ConnState.READY
+
+    def has_free_slot(self) -> bool:
+        return self.is_ready() and self.sessions < self.capacity
+
+    def is_idle(self) -> bool:
+        """Nothing in use: control session may exist, but has no work."""
+        return self.leases == 0 and self.control_load == 0 and not self.retiring
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnSlot #{self.id} {self.state.value} sessions={self.sessions}/"
+            f"{self.capacity} control={self.control.value}:{self.control_load}>"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Lease:
+    """What a granted waiter holds; give it back with :meth:`PoolState.release`."""
+
+    slot: ConnSlot
+    want: Want
+    gen: int = 0
+
+
+@dataclass(eq=False)
+class Waiter:
+    want: Want
+    future: asyncio.Future[Lease]
+
+
+@dataclass(frozen=True)
+class OpenConnection:
+    """Action: connect, then call connection_ready / connection_failed."""
+
+    slot: ConnSlot
+
+
+@dataclass(frozen=True)
+class StartControl:
+    """Action: start a control session, then control_ready / control_failed."""
+
+    slot: ConnSlot
+
+
+Action = OpenConnection | StartControl
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the pool's bookkeeping (what the repr shows, and more)."""
+
+    connections: int  # open (ready) connections
+    connecting: int  # being opened
+    sessions: int  # channels in use or reserved, control sessions included
+    capacity: int  # channel slots on open connections
+    queued: int  # callers waiting for a slot or a control session
+    leases: int  # slots held by exec()/connection()
+    control_sessions: int  # ready control sessions
+    control_load: int  # run() requests in flight
+    closed: bool
+
+
+class PoolState:
+    """The pool's decisions, synchronous and side-effect free apart from futures.
+
+    Every method runs to completion without awaiting, so no other task can
+    observe a half-updated state.  Granting a waiter means setting its future's
+    result; failing it means setting an exception.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int,
+        max_connections: int,
+        *,
+        pipeline_threshold: int = PIPELINE_THRESHOLD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.max_connections = max_connections
+        self.pipeline_threshold = pipeline_threshold
+        self.clock = clock
+        self.slots: list[ConnSlot] = []
+        self.waiters: deque[Waiter] = deque()
+        self.closed = False
+        self.cooldown_until = 0.0
+        self._ids = 0
+
+    # ---------------------------------------------------------- waiters
+    def add_waiter(self, want: Want, future: asyncio.Future[Lease]) -> Waiter:
+        waiter = Waiter(want, future)
+        self.waiters.append(waiter)
+        return waiter
+
+    def cancel_waiter(self, waiter: Waiter) -> None:
+        """The waiter gave up (timeout, cancellation): never leak what it got."""
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+        fut = waiter.future
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled() and fut.exception() is None:
+            self.release(fut.result())
+
+    def release(self, lease: Lease) -> None:
+        """Give back a lease; harmless for a connection that is already gone."""
+        slot = lease.slot
+        if lease.want is Want.SESSION:
+            slot.leases -= 1
+        elif lease.gen == slot.control_gen:
+            slot.control_load -= 1
+        self._touch(slot)
+
+    # ---------------------------------------------------------- the decision
+    def assign(self) -> list[Action]:
+        """Grant what can be granted, in FIFO order; return the I/O to start."""
+        actions: list[Action] = []
+        if self.closed:
+            return actions
+        remaining: deque[Waiter] = deque()
+        need_connection = need_control = False
+        no_free_slot = False  # once true for one waiter, true for all later ones
+        starting = any(s.control is ControlState.STARTING for s in self.slots)
+        connecting = any(s.state is ConnState.CONNECTING for s in self.slots)
+        if not starting:  # a connection opened because run() was busy
+            for fresh in self.slots:
+                if fresh.wants_control and fresh.has_free_slot():
+                    fresh.wants_control = False
+                    if fresh.control is ControlState.NONE:
+                        self._begin_control(fresh, actions)
+                        starting = True
+                        break
+        for waiter in self.waiters:
+            if waiter.future.done():  # cancelled while queued
+                continue
+            if waiter.want is Want.SESSION:
+                slot = (
+                    None
+                    if no_free_slot
+                    else self._least(s for s in self.slots if s.has_free_slot())
+                )
+                if slot is None:
+                    no_free_slot = need_connection = True
+                    remaining.append(waiter)
+                    continue
+                slot.leases += 1
+                self._grant(waiter, Lease(slot, Want.SESSION))
+                continue
+            best = self._least_loaded_control()
+            if best is not None and best.control_load < self.pipeline_threshold:
+                self._grant_control(waiter, best)
+                continue
+            # Every control session is busy, or there is none: add one if we can
+            # (one start at a time; a new connection if no connection has room)...
+            if not starting:
+                target = (
+                    None
+                    if no_free_slot
+                    else self._least(
+                        s
+                        for s in self.slots
+                        if s.has_free_slot() and s.control is ControlState.NONE
+                    )
+                )
+                if target is not None:
+                    self._begin_control(target, actions)
+                    starting = True
+                elif not connecting:
+                    need_connection = need_control = True
+            # ...and meanwhile pipeline on the least-loaded one, if there is one.
+            if best is not None:
+                self._grant_control(waiter, best)
+            else:
+                remaining.append(waiter)
+        self.waiters = remaining
+        if need_connection and self.may_open_connection():
+            slot = ConnSlot(self._next_id(), self.max_sessions)
+            slot.wants_control = need_control
+            self.slots.append(slot)
+            actions.append(OpenConnection(slot))
+        return actions
+
+    def _begin_control(self, slot: ConnSlot, actions: list[Action]) -> None:
+        slot.control = ControlState.STARTING
+        slot.control_channels += 1
+        self._touch(slot)
+        actions.append(StartControl(slot))
+
+    def may_open_connection(self) -> bool:
+        return (
+            not self.closed
+            and len(self.slots) < self.max_connections
+            and not any(s.state is ConnState.CONNECTING for s in self.slots)
+            and self.clock() >= self.cooldown_until
+        )
+
+    # ---------------------------------------------------------- outcomes of I/O
+    def connection_ready(self, slot: ConnSlot, link: Any) -> None:
+        slot.link = link
+        slot.state = ConnState.READY
+        self._touch(slot)
+
+    def connection_failed(self, slot: ConnSlot, exc: BaseException) -> None:
+        """A connect failed for good: with nothing else open, fail the queue."""
+        self._drop(slot)
+        if any(s.is_ready() for s in self.slots):
+            self.cooldown_until = self.clock() + CONNECT_COOLDOWN
+        else:
+            self._fail_waiters(exc, lambda w: True)
+
+    def connection_lost(self, slot: ConnSlot) -> None:
+        """The connection went away: forget it (its leases become no-ops)."""
+        self._drop(slot)
+
+    def control_ready(self, slot: ConnSlot, session: Any) -> None:
+        slot.control = ControlState.READY
+        slot.session = session
+        slot.control_gen += 1
+        slot.control_load = 0
+
+    def control_failed(
+        self, slot: ConnSlot, exc: BaseException, *, refused: bool = False
+    ) -> None:
+        """Starting a control session failed; ``refused``: the server's MaxSessions."""
+        slot.control = ControlState.NONE
+        slot.control_channels -= 1
+        if refused and slot.established > 0:
+            self._lower_capacity(slot)
+            return  # waiters get a slot when one frees up
+        if not any(s.alive and s.control is not ControlState.NONE for s in self.slots):
+            self._fail_waiters(exc, lambda w: w.want is Want.CONTROL)
+        self._touch(slot)
+
+    def control_retired(self, slot: ConnSlot, session: Any) -> None:
+        """The active control session is suspect: route nothing new to it."""
+        if slot.session is not session:
+            return
+        slot.retiring.append(session)
+        self._clear_control(slot)
+
+    def control_closed(self, slot: ConnSlot, session: Any) -> None:
+        """A control channel is gone (active or retiring; unknown ones ignored)."""
+        if slot.session is session:
+            self._clear_control(slot)
+            slot.control_channels -= 1
+        elif session in slot.retiring:
+            slot.retiring.remove(session)
+            slot.control_channels -= 1
+        self._touch(slot)
+
+    def channel_opened(self, slot: ConnSlot) -> None:
+        """The server accepted a channel (any kind) on this connection."""
+        slot.established += 1
+
+    def channel_closed(self, slot: ConnSlot) -> None:
+        slot.established -= 1
+
+    def session_refused(self, slot: ConnSlot) -> None:
+        """The server refused a channel we had a lease for (already released)."""
+        self._lower_capacity(slot)
+
+    # ---------------------------------------------------------- idle, close
+    def expired(self, idle_timeout: float) -> list[ConnSlot]:
+        """Remove and return ready connections idle for ``idle_timeout`` or more."""
+        now = self.clock()
+        out = [
+            s
+            for s in self.slots
+            if s.is_ready()
+            and s.idle_since is not None
+            and now - s.idle_since >= idle_timeout
+        ]
+        for slot in out:
+            self._drop(slot)
+        return out
+
+    def next_expiry(self, idle_timeout: float) -> float | None:
+        """Seconds until the next idle connection expires, None if none is idle."""
+        now = self.clock()
+        times = [
+            s.idle_since + idle_timeout - now
+            for s in self.slots
+            if s.is_ready() and s.idle_since is not None
+        ]
+        return max(0.0, min(times)) if times else None
+
+    def close(self, exc: BaseException) -> list[ConnSlot]:
+        """Refuse everything from now on; fail the queue; return the slots to close."""
+        self.closed = True
+        self._fail_waiters(exc, lambda w: True)
+        slots, self.slots = self.slots, []
+        for slot in slots:
+            slot.alive = False
+        return slots
+
+    def stats(self) -> PoolStats:
+        ready = [s for s in self.slots if s.is_ready()]
+        return PoolStats(
+            connections=len(ready),
+            connecting=sum(1 for s in self.slots if s.state is ConnState.CONNECTING),
+            sessions=sum(s.sessions for s in ready),
+            capacity=sum(s.capacity for s in ready),
+            queued=sum(1 for w in self.waiters if not w.future.done()),
+            leases=sum(s.leases for s in ready),
+            control_sessions=sum(1 for s in ready if s.control is ControlState.READY),
+            control_load=sum(s.control_load for s in ready),
+            closed=self.closed,
+        )
+
+    # ---------------------------------------------------------- helpers
+    def control_session(self, lease: Lease) -> Any:
+        """The control session a CONTROL lease refers to, None if it changed since."""
+        slot = lease.slot
+        if (
+            slot.alive
+            and slot.control_gen == lease.gen
+            and slot.control is ControlState.READY
+        ):
+            return slot.session
+        return None
+
+    def _least_loaded_control(self) -> ConnSlot | None:
+        ready = [
+            s for s in self.slots if s.is_ready() and s.control is ControlState.READY
+        ]
+        return min(ready, key=lambda s: (s.control_load, s.id)) if ready else None
+
+    @staticmethod
+    def _least(slots: Any) -> ConnSlot | None:
+        candidates = list(slots)
+        return min(candidates, key=lambda s: (s.sessions, s.id)) if candidates else None
+
+    def _grant(self, waiter: Waiter, lease: Lease) -> None:
+        waiter.future.set_result(lease)
+        self._touch(lease.slot)
+
+    def _grant_control(self, waiter: Waiter, slot: ConnSlot) -> None:
+        slot.control_load += 1
+        self._grant(waiter, Lease(slot, Want.CONTROL, slot.control_gen))
+
+    def _clear_control(self, slot: ConnSlot) -> None:
+        slot.control = ControlState.NONE
+        slot.session = None
+        slot.control_gen += 1
+        slot.control_load = 0
+
+    def _lower_capacity(self, slot: ConnSlot) -> None:
+        """Cap the connection at the channels the server has actually accepted.
+
+        Counting accepted channels, not our reservations, makes one refusal
+        enough to learn the limit even when many opens race.  sshd frees a
+        slot a moment after a channel closes, so this can undershoot by one:
+        safe, as more connections are opened instead.
+        """
+        new = max(1, slot.established)
+        if new < slot.capacity:
+            logger.warning(
+                "server refused a channel on connection #%d with %d open: using at "
+                "most %d per connection (set max_sessions below sshd's MaxSessions)",
+                slot.id,
+                slot.established,
+                new,
+            )
+            slot.capacity = new
+
+    def _drop(self, slot: ConnSlot) -> None:
+        slot.alive = False
+        with contextlib.suppress(ValueError):
+            self.slots.remove(slot)
+
+    def _fail_waiters(
+        self, exc: BaseException, which: Callable[[Waiter], bool]
+    ) -> None:
+        keep: deque[Waiter] = deque()
+        for waiter in self.waiters:
+            if waiter.future.done():
+                continue
+            if which(waiter):
+                waiter.future.set_exception(exc)
+            else:
+                keep.append(waiter)
+        self.waiters = keep
+
+    def _touch(self, slot: ConnSlot) -> None:
+        if slot.is_idle():
+            if slot.idle_since is None:
+                slot.idle_since = self.clock()
+        else:
+            slot.idle_since = None
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+
+# ====================================================================== I/O
+class HostPool:
+    """Pooled SSH access to one host: ``run`` (fast), ``exec``, ``connection``.
+
+    Entering the context does not connect; connections open on demand.  Every
+    wait is bounded: ``acquire_timeout`` for a slot, ``command_timeout`` (or
+    the call's ``timeout``) for a command, ``connect_timeout`` per connect.
+    """
+
+    def __init__(
+        self, cfg: HostConfig, *, pipeline_threshold: int = PIPELINE_THRESHOLD
+    ) -> None:
+        self.cfg = cfg
+        self.label = cfg.label
+        self._state = PoolState(
+            cfg.max_sessions, cfg.max_connections, pipeline_threshold=pipeline_threshold
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> HostPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        s = self._state.stats()
+        closed = " closed" if s.closed else ""
+        return (
+            f"<HostPool {self.label} conns={s.connections} "
+            f"sessions={s.sessions}/{s.capacity} queued={s.queued}{closed}>"
+        )
+
+    def stats(self) -> PoolStats:
+        """The numbers in the repr and a few more, for tests and monitoring."""
+        return self._state.stats()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---------------------------------------------------------- public operations
+    async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
+        """Run a POSIX shell snippet over a control session (one round trip).
+
+        The snippet runs in a subshell of the persistent remote sh, with stdin
+        from /dev/null and the login environment; it must not leave background
+        processes writing to its stdout/stderr.  Quote values with shlex.quote.
+        Raises SshTimeoutError past ``timeout`` (default ``command_timeout``),
+        SshConnectionLost if the connection dies while it runs.
+        """
+        limit = self.cfg.command_timeout if timeout is None else timeout
+        last: SshError | None = None
+        for _attempt in range(3):
+            try:
+                lease = await self._acquire(Want.CONTROL)
+            except SshConnectionLost as exc:  # the control session never started
+                last = exc
+                continue
+            try:
+                session = self._state.control_session(lease)
+                if session is None or not session.usable:
+                    continue  # changed under us before anything was sent: retry
+                return await session.run(snippet, limit)
+            finally:
+                self._release(lease)
+        raise last or SshConnectionLost(self.label, "no usable control session")
+
+    async def run_checked(
+        self, snippet: str, timeout: float | None = None
+    ) -> CommandResult:
+        """Like :meth:`run`, but raise RemoteCommandError on a non-zero exit."""
+        result = await self.run(snippet, timeout)
+        return result.check(self.label)
+
+    async def exec(self, command: str, timeout: float | None = None) -> CommandResult:
+        """Run ``command`` in a fresh exec channel (``ssh host command``; slow).
+
+        Costs a new channel and the remote rc files each time; use it where
+        the control session does not fit.  stdin is /dev/null.
+        """
+        limit = self.cfg.command_timeout if timeout is None else timeout
+        for _attempt in range(self.cfg.max_sessions + 1):
+            lease = await self._acquire(Want.SESSION)
+            refused = False
+            try:
+                return await self._exec_on(lease.slot, command, limit)
+            except asyncssh.ChannelOpenError as exc:
+                if not is_session_refused(exc):
+                    raise lost_error(self.label, exc, "opening a channel") from exc
+                refused = True
+            finally:
+                self._release(lease, refused=refused)
+        raise SshConnectionLost(self.label, "the server keeps refusing new channels")
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncssh.SSHClientConnection]:
+        """Reserve one channel slot and yield the raw asyncssh connection.
+
+        Open at most one channel on it at a time (SFTP, a streaming process).
+        asyncssh errors meaning the connection died become SshConnectionLost.
+        """
+        lease = await self._acquire(Want.SESSION)
+        self._state.channel_opened(lease.slot)  # most likely, soon: count it
+        try:
+            yield lease.slot.link.conn
+        except Exception as exc:
+            if not isinstance(exc, SshError) and (
+                is_connection_lost(exc) or lease.slot.link.is_closed
+            ):
+                raise lost_error(self.label, exc, "using the connection") from exc
+            raise
+        finally:
+            self._state.channel_closed(lease.slot)
+            self._release(lease)
+
+    async def close(self) -> None:
+        """Close all sessions and connections (idempotent; shielded from cancel)."""
+        if self._closed:
+            return
+        self._closed = True
+        exc = SshPoolClosed(self.label, "the pool was closed")
+        slots = self._state.close(exc)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        if self._reaper is not None and self._reaper is not current:
+            self._reaper.cancel()
+        await asyncio.shield(self._close_slots(slots, exc))
+        logger.debug("%s: pool closed", self.label)
+
+    # ---------------------------------------------------------- acquiring
+    async def _acquire(self, want: Want) -> Lease:
+        if self._closed:
+            raise SshPoolClosed(self.label, "the pool is closed")
+        waiter = self._state.add_waiter(
+            want, asyncio.get_running_loop().create_future()
+        )
+        self._kick()
+        try:
+            async with asyncio.timeout(self.cfg.acquire_timeout):
+                return await waiter.future
+        except SshError:
+            raise
+        except TimeoutError:
+            self._state.cancel_waiter(waiter)
+            self._kick()
+            s = self._state.stats()
+            raise SshTimeoutError(
+                self.label,
+                f"no free SSH session within {self.cfg.acquire_timeout:g}s "
+                f"(conns={s.connections} sessions={s.sessions}/{s.capacity} "
+                f"queued={s.queued}); raise max_sessions, max_connections or "
+                "acquire_timeout",
+            ) from None
+        except BaseException:
+            self._state.cancel_waiter(waiter)
+            self._kick()
+            raise
+
+    def _release(self, lease: Lease, *, refused: bool = False) -> None:
+        self._state.release(lease)
+        if refused:
+            self._state.session_refused(lease.slot)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Let the state decide, then start the I/O it asked for."""
+        for action in self._state.assign():
+            if isinstance(action, OpenConnection):
+                self._spawn(self._open(action.slot))
+            else:
+                self._spawn(self._start_control(action.slot))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------- connections
+    async def _open(self, slot: ConnSlot) -> None:
+        try:
+            link = await self._connect_with_retries()
+        except asyncio.CancelledError:
+            self._state.connection_failed(
+                slot, SshPoolClosed(self.label, "the pool was closed")
+            )
+            raise
+        except (SshError, ConfigError) as exc:
+            logger.warning("%s", exc)
+            self._state.connection_failed(slot, exc)
+            self._kick()
+            return
+        except Exception as exc:  # a bug or an asyncssh surprise: fail loudly, not hang
+            logger.exception("%s: unexpected error while connecting", self.label)
+            self._state.connection_failed(
+                slot, SshConnectError(self.cfg.address, repr(exc))
+            )
+            self._kick()
+            return
+        if self._closed or not slot.alive:
+            link.close()
+            return
+        self._state.connection_ready(slot, link)
+        logger.debug("%s: connection #%d open", self.label, slot.id)
+        self._spawn(self._watch(slot, link))
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        self._kick()
+
+    async def _connect_with_retries(self) -> SshLink:
+        """Connect; retry transient failures with exponential backoff and jitter."""
+        attempt = 0
+        while True:
+            try:
+                return await open_link(self.cfg)
+            except SshError as exc:
+                if not exc.retryable or attempt >= self.cfg.connect_retries:
+                    raise
+                delay = min(_BACKOFF_BASE * 2**attempt, _BACKOFF_MAX) * random.uniform(
+                    0.5, 1.5
+                )
+                attempt += 1
+                logger.info(
+                    "%s; retry %d/%d in %.2fs",
+                    exc,
+                    attempt,
+                    self.cfg.connect_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _watch(self, slot: ConnSlot, link: SshLink) -> None:
+        """Notice a lost connection; drop it so the next use reconnects."""
+        await link.conn.wait_closed()
+        if slot.alive:
+            logger.warning("%s: connection #%d lost", self.label, slot.id)
+            self._state.connection_lost(slot)
+            self._kick()
+        link.close()  # the tunnel, if any
+
+    async def _reap(self) -> None:
+        """Close connections idle for ``idle_timeout``."""
+        idle = self.cfg.idle_timeout
+        while not self._closed:
+            expired = self._state.expired(idle)
+            if expired:
+                logger.debug(
+                    "%s: closing %d idle connection(s)", self.label, len(expired)
+                )
+                await asyncio.shield(
+                    self._close_slots(
+                        expired, SshConnectionLost(self.label, "idle connection closed")
+                    )
+                )
+            delay = self._state.next_expiry(idle)
+            await asyncio.sleep(idle if delay is None else max(delay, 0.01))
+
+    async def _close_slots(self, slots: list[ConnSlot], exc: SshError) -> None:
+        """Close sessions and connections; bounded, never raises."""
+        for slot in slots:
+            for session in [slot.session, *slot.retiring]:
+                if session is not None:
+                    session.close(exc)
+            if slot.link is not None:
+                slot.link.close()
+
+        async def wait(slot: ConnSlot) -> None:
+            if slot.link is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_WAIT):
+                        await slot.link.wait_closed()
+
+        await asyncio.gather(*(wait(s) for s in slots), return_exceptions=True)
+
+    # ---------------------------------------------------------- control sessions
+    async def _start_control(self, slot: ConnSlot) -> None:
+        try:
+            session = await ControlSession.start(
+                slot.link.conn,
+                label=self.label,
+                timeout=self.cfg.command_timeout,
+                grace=self.cfg.command_timeout,
+                on_open=functools.partial(self._state.channel_opened, slot),
+                on_closed=functools.partial(self._control_closed, slot),
+                on_retired=functools.partial(self._control_retired, slot),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            refused = is_session_refused(exc)
+            err: BaseException = exc
+            if (
+                refused
+                or is_connection_lost(exc)
+                or isinstance(exc, asyncssh.ChannelOpenError)
+            ):
+                err = lost_error(self.label, exc, "starting the control session")
+            elif not isinstance(exc, SshError):
+                logger.exception(
+                    "%s: unexpected error starting the control session", self.label
+                )
+                err = SshConnectionLost(
+                    self.label, f"control session failed to start: {exc!r}"
+                )
+            if not refused:
+                logger.warning("%s", err)
+            self._state.control_failed(slot, err, refused=refused)
+            self._kick()
+            return
+        if self._closed or not slot.alive or not session.usable:
+            session.close()
+            if slot.alive:
+                self._state.control_failed(
+                    slot, SshConnectionLost(self.label, "control session closed")
+                )
+                self._kick()
+            return
+        self._state.control_ready(slot, session)
+        self._kick()
+
+    def _control_closed(self, slot: ConnSlot, session: ControlSession) -> None:
+        self._state.channel_closed(slot)  # on_closed follows on_open, only
+        self._state.control_closed(slot, session)
+        if not self._closed:
+            self._kick()
+
+    def _control_retired(self, slot: ConnSlot, session: ControlSession) -> None:
+        self._state.control_retired(slot, session)
+        if not self._closed:
+            self._kick()
+
+    # ---------------------------------------------------------- exec
+    async def _exec_on(
+        self, slot: ConnSlot, command: str, limit: float
+    ) -> CommandResult:
+        link: SshLink = slot.link
+        try:
+            proc = await link.conn.create_process(
+                command, stdin=asyncssh.DEVNULL, encoding=None
+            )
+        except asyncssh.ChannelOpenError:
+            raise  # exec() tells a refusal (MaxSessions) from a lost connection
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise lost_error(self.label, exc, "opening a channel") from exc
+            raise
+        self._state.channel_opened(slot)
+        try:
+            async with asyncio.timeout(limit):
+                done = await proc.wait(check=False)
+        except TimeoutError:
+            raise SshTimeoutError(
+                self.label, f"remote command did not finish within {limit:g}s"
+            ) from None
+        except Exception as exc:
+            if is_connection_lost(exc) or link.is_closed:
+                raise lost_error(self.label, exc, "running a command") from exc
+            raise
+        finally:
+            try:
+                proc.close()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_WAIT):
+                        await asyncio.shield(proc.wait_closed())
+            finally:
+                self._state.channel_closed(slot)
+        if link.is_closed and done.exit_status is None and done.exit_signal is None:
+            raise SshConnectionLost(
+                self.label, "connection lost while running a command"
+            )
+        return CommandResult(
+            _returncode(done), _decode(done.stdout), _decode(done.stderr)
+        )
+
+
+def _returncode(done: asyncssh.SSHCompletedProcess) -> int:
+    """Exit status; 128+N for a signal, like the shell reports it."""
+    if done.exit_status is not None and done.exit_status >= 0:
+        return int(done.exit_status)
+    if done.exit_signal is not None:
+        name = done.exit_signal[0]
+        with contextlib.suppress(KeyError):
+            return 128 + int(signal.Signals["SIG" + name])
+        return 255
+    return 255
+
+
+def _decode(data: Any) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return bytes(data).decode("utf-8", "surrogateescape")
