@@ -1,0 +1,120 @@
+"""Hosts that cannot see the workdir: remote job dirs, outputs fetched back."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from xqute_ssh import JobStatus, Xqute
+from xqute_ssh.schedulers.ssh import parse_jid
+
+from ..helpers import read
+
+
+async def run(xq: Xqute, timeout: float = 120) -> None:
+    async with asyncio.timeout(timeout):  # hang guard only
+        await xq.run_until_complete()
+
+
+def private_cluster(factory: Any, tmp_path: Path, n: int = 1) -> tuple[Any, Path]:
+    """Hosts with a private tmpfs over the workdir's parent: they cannot see it."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    cluster = factory(n=n, private_dirs=(str(hidden),))
+    return cluster, hidden / "wd"
+
+
+async def test_private_host_runs_jobs_and_outputs_arrive(sshd_cluster_factory, tmp_path: Path) -> None:
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    host = cluster.hosts[0]
+    xq = Xqute("ssh", forks=4, workdir=workdir, scheduler_opts={"servers": {"p": host.server_spec()}})
+    code = "import os,sys; sys.stdout.buffer.write(b'\\xff\\xfe' + sys.argv[1].encode()); print(os.getcwd(), file=sys.stderr); sys.exit(int(sys.argv[2]))"
+    ok = await xq.feed([sys.executable, "-c", code, "out 'q' $x", "0"])
+    bad = await xq.feed([sys.executable, "-c", code, "boom", "3"])
+    await run(xq)
+    assert ok.status == JobStatus.FINISHED, read(ok.stderr_file.path)
+    assert ok.stdout_file.path.read_bytes() == b"\xff\xfeout 'q' $x"
+    assert bad.status == JobStatus.FAILED and await bad.get_rc() == 3
+    assert bad.stdout_file.path.read_bytes() == b"\xff\xfeboom"
+    # the host never saw the local workdir: the wrapper ran from its own dir
+    listing = host.run(["ls", str(workdir)])
+    assert listing.returncode != 0
+    # remote job directories are removed after the fetch
+    remote_root = host.run(["sh", "-c", "ls ~/.cache/xqute-ssh/*/ 2>/dev/null | wc -l"])
+    assert remote_root.stdout.strip() == "0"
+
+
+async def test_shared_and_unshared_hosts_in_one_run(sshd_cluster_factory, sshd_cluster, tmp_path: Path) -> None:
+    private, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    shared = sshd_cluster.hosts[0]
+    servers = {"private": private.hosts[0].server_spec(), "shared": shared.server_spec()}
+    xq = Xqute("ssh", forks=8, workdir=workdir, scheduler_opts={"servers": servers})
+    for i in range(16):
+        await xq.feed(["bash", "-c", 'echo "job $1"; sleep 0.2', "_", str(i)])
+    await run(xq)
+    assert {j.status for j in xq.jobs} == {JobStatus.FINISHED}
+    assert {parse_jid(j.jid)[0] for j in xq.jobs} == {"private", "shared"}  # type: ignore[index]
+    for j in xq.jobs:
+        assert read(j.stdout_file.path) == f"job {j.index}\n"
+
+
+async def test_100mb_stdout_arrives_intact_without_growing_memory(sshd_cluster_factory, tmp_path: Path) -> None:
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    xq = Xqute("ssh", workdir=workdir, scheduler_opts={"servers": {"p": cluster.hosts[0].server_spec()}})
+    # 100 MB of a repeating, non-trivial pattern, checksummed on the host
+    gen = "import sys,hashlib; b=bytes(range(256))*4096; h=hashlib.sha256(); o=sys.stdout.buffer\nfor _ in range(100): o.write(b); h.update(b)\nsys.stderr.write(h.hexdigest())"
+    job = await xq.feed([sys.executable, "-c", gen])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    await run(xq, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    digest = hashlib.sha256(job.stdout_file.path.read_bytes()).hexdigest()
+    assert job.stdout_file.path.stat().st_size == 100 * 256 * 4096
+    assert read(job.stderr_file.path) == digest
+    assert (after - before) * 1024 < 50 * 1024 * 1024  # KiB -> bytes; nowhere near 100 MB
+
+
+CONTROLLER = """
+import asyncio, json, sys
+from xqute_ssh import Xqute
+servers, workdir = json.loads(sys.argv[1]), sys.argv[2]
+async def main():
+    xq = Xqute("ssh", forks=4, workdir=workdir, scheduler_opts={"servers": servers})
+    for i in range(4):
+        await xq.feed(["bash", "-c", "echo started >> ~/xq-unshared-runs-$1; sleep 2; echo done", "_", str(i)])
+    await xq.run_until_complete()
+    print(json.dumps([j.status.name for j in xq.jobs]))
+asyncio.run(main())
+"""
+
+
+async def test_restart_reattaches_unshared_jobs(sshd_cluster_factory, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    host = cluster.hosts[0]
+    host.run(["sh", "-c", "rm -f ~/xq-unshared-runs-*"])
+    script = tmp_path / "ctl.py"
+    script.write_text(CONTROLLER)
+    args = [sys.executable, str(script), json.dumps({"p": host.server_spec()}), str(workdir)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async with asyncio.timeout(60):
+        while host.run(["sh", "-c", "cat ~/xq-unshared-runs-* 2>/dev/null | wc -l"]).stdout.strip() != "4":
+            await asyncio.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async with asyncio.timeout(90):
+        out, err = await second.communicate()
+    assert second.returncode == 0, err.decode()
+    assert json.loads(out.decode().splitlines()[-1]) == ["FINISHED"] * 4
+    counts = host.run(["sh", "-c", "cat ~/xq-unshared-runs-* | wc -l"]).stdout.strip()
+    assert counts == "4", "a job ran twice"
+    for i in range(4):
+        assert read(workdir / str(i) / "job.stdout") == "done\n"
