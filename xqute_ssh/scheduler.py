@@ -214,15 +214,23 @@ class Scheduler(ABC):
                 "job %s: ignoring %s -> %s", job.index, old.name, new_status.name
             )
             return
-        if error_msg:
-            text = error_msg if error_msg.endswith("\n") else error_msg + "\n"
-            await fileio.append_text(job.stderr_file, text)
-        if rc is not None:
-            await fileio.write_text(job.rc_file, f"{rc}\n")
-        if persist:
-            await job.set_status(new_status)
-        else:
-            job._set_status_nofile(new_status)
+        try:
+            if error_msg:
+                text = error_msg if error_msg.endswith("\n") else error_msg + "\n"
+                await fileio.append_text(job.stderr_file, text)
+            if rc is not None:
+                await fileio.write_text(job.rc_file, f"{rc}\n")
+            if persist:
+                await fileio.write_text(job.status_file, f"{int(new_status)}\n")
+        except OSError as exc:
+            # A full or vanished disk must not stop the run: the job's status
+            # still changes in memory and the other jobs go on.
+            logger.error(
+                "job %s: cannot record %s in %s: %s%s",
+                job.index, new_status.name, job.metadir, exc.strerror or exc,
+                f" ({error_msg.strip()})" if error_msg else "",
+            )
+        job._set_status_nofile(new_status)
         if old != new_status:
             logger.debug("job %s: %s -> %s", job.index, old.name, new_status.name)
 
