@@ -382,3 +382,37 @@ async def test_mixin_subclass_like_pipen(tmp_path: Path) -> None:
     assert isinstance(j, FrameworkJob)
     assert read(j.stdout_file.path) == "mixin\n"
     assert issubclass(FrameworkLocal, Scheduler)
+
+
+async def test_stage_in_and_out_locally(tmp_path: Path) -> None:
+    src = tmp_path / "in put 'q'.txt"
+    src.write_text("data\n")
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f").write_text("deep\n")
+    target = tmp_path / "results" / "copied.txt"
+    xq = Xqute(workdir=tmp_path / "wd")
+    job = await xq.feed(
+        ["bash", "-c", 'cat "$1" folder/sub/f > out.txt; pwd > where', "_", src.name],
+        stage_in=[src, folder],
+        stage_out={"out.txt": str(target)},
+    )
+    await run(xq)
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    assert target.read_text() == "data\ndeep\n"
+    assert read(job.metadir.path / "where").strip() == str(job.metadir.path)
+
+
+async def test_missing_stage_in_is_an_error_at_feed(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path)
+    with pytest.raises(ConfigError, match="nope.txt"):
+        await xq.feed(["true"], stage_in=[tmp_path / "nope.txt"])
+    assert xq.jobs == []
+
+
+async def test_missing_stage_out_fails_the_job(tmp_path: Path) -> None:
+    xq = Xqute(workdir=tmp_path)
+    job = await xq.feed(["true"], stage_out=["never-made.txt"])
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    assert "never-made.txt" in read(job.stderr_file.path)

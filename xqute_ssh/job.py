@@ -27,6 +27,7 @@ from typing import Any
 from . import fileio
 from .errors import ConfigError
 from .path import SpecPath
+from .staging import StageIn, StageOut
 from .status import JobStatus
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -113,6 +114,9 @@ class Job:
         #: Free-form data a scheduler keeps about the current attempt
         #: (the SSH scheduler records the host here).
         self.extra: dict[str, Any] = {}
+        #: Files moved to the job's directory before it runs / back after.
+        self.stage_in: list[StageIn] = []
+        self.stage_out: list[StageOut] = []
         self._status = JobStatus.INIT
         self._jid: str | None = None
         self._started_hook_done = False

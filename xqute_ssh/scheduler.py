@@ -15,9 +15,10 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
-from . import fileio
+from . import fileio, staging
 from .errors import ConfigError
 from .job import Job
 from .path import SpecPath
@@ -172,7 +173,9 @@ class Scheduler(ABC):
             hook_end=self.jobcmd_end(job),
             timeout=self.timeout,
             kill_grace=self.kill_grace,
-            cwd=self.cwd,
+            # A job that stages files runs in its job directory.
+            cwd=self.cwd
+            or (str(job.metadir.mounted) if job.stage_in or job.stage_out else None),
         )
 
     def wrap_job_script(self, job: Job) -> str:
@@ -227,7 +230,10 @@ class Scheduler(ABC):
             # still changes in memory and the other jobs go on.
             logger.error(
                 "job %s: cannot record %s in %s: %s%s",
-                job.index, new_status.name, job.metadir, exc.strerror or exc,
+                job.index,
+                new_status.name,
+                job.metadir,
+                exc.strerror or exc,
                 f" ({error_msg.strip()})" if error_msg else "",
             )
         job._set_status_nofile(new_status)
@@ -449,7 +455,28 @@ class Scheduler(ABC):
             return
         if status.is_terminal and job.status == JobStatus.SUBMITTED:
             await self.transition_job_status(job, JobStatus.RUNNING)
+        if status == JobStatus.FINISHED and job.stage_out:
+            errors = await self.stage_job_out(job)
+            if errors:
+                await self.transition_job_status(
+                    job,
+                    JobStatus.FAILED,
+                    error_msg="xqute: " + "; ".join(errors),
+                    persist=True,
+                )
+                return
         await self.transition_job_status(job, status)
+
+    async def stage_job_in(self, job: Job) -> None:
+        """Copy the job's stage_in files into its directory (seen from here)."""
+        if job.stage_in:
+            await fileio.to_thread(staging.copy_in_local, job.stage_in, _local(job))
+
+    async def stage_job_out(self, job: Job) -> list[str]:
+        """Bring the job's stage_out paths to their targets; the errors."""
+        return await fileio.to_thread(
+            staging.copy_out_local, job.stage_out, _local(job)
+        )
 
     async def _check_lost(self, jobs: Sequence[Job]) -> None:
         if not jobs:
@@ -494,6 +521,13 @@ class Scheduler(ABC):
     @abstractmethod
     async def job_is_running(self, job: Job) -> bool:
         """Whether the job's process really runs (not just that a jid exists)."""
+
+
+def _local(job: Job) -> Path:
+    path = job.metadir.path
+    if not isinstance(path, Path):
+        raise ConfigError(f"staging files needs a local workdir, not {path}")
+    return path
 
 
 def _list(value: Any) -> list[str]:

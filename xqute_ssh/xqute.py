@@ -23,13 +23,14 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import fileio
+from . import fileio, staging
 from .errors import ConfigError, WorkdirError
 from .job import Job
 from .path import SpecPath
 from .plugin import load_entrypoint_plugins, plugin
 from .scheduler import Scheduler
 from .schedulers import get_scheduler
+from .staging import StageSpec
 from .status import JobErrorStrategy, JobStatus
 
 logger = logging.getLogger("xqute_ssh")
@@ -118,17 +119,33 @@ class Xqute:
         self._workdir_ready = True
 
     async def feed(
-        self, cmd: str | Sequence[Any], envs: Mapping[str, Any] | None = None
+        self,
+        cmd: str | Sequence[Any],
+        envs: Mapping[str, Any] | None = None,
+        *,
+        stage_in: StageSpec | None = None,
+        stage_out: StageSpec | None = None,
     ) -> Job:
-        """Queue one job; its command and envs are checked now.
+        """Queue one job; its command, envs and staged files are checked now.
 
         ``cmd`` is an argv (list: each item reaches the program byte for
-        byte) or shell code (str, run by bash).
+        byte) or shell code (str, run by bash).  ``stage_in`` (local paths, or
+        ``{local: dest}``) are copied into the job's directory before it runs;
+        ``stage_out`` (paths relative to the job's directory, or ``{path:
+        local_dest}``) come back after it succeeded.  Jobs that stage run in
+        their job directory.
         """
         if not self._feeding:
             raise ConfigError("feeding has stopped; start a new Xqute for more jobs")
+        staged_in = (
+            await asyncio.to_thread(staging.parse_stage_in, stage_in)
+            if stage_in
+            else []
+        )
+        staged_out = staging.parse_stage_out(stage_out)
         await self._ensure_workdir()
         job = self.scheduler.create_job(len(self.jobs), cmd, envs)
+        job.stage_in, job.stage_out = staged_in, staged_out
         await fileio.mkdir(job.metadir)
         self.jobs.append(job)
         with self._plugin_ctx():

@@ -77,6 +77,7 @@ class LocalScheduler(Scheduler):
 
     async def submit_job(self, job: Job) -> str:
         job.extra.pop("wrapper_exited", None)
+        await self.stage_job_in(job)
         script = await self.wrapped_job_script(job)
         out, err = await asyncio.to_thread(
             _open_outputs, str(job.stdout_file), str(job.stderr_file)

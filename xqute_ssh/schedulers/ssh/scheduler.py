@@ -21,13 +21,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shlex
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ... import fileio
+import asyncssh
+
+from ... import fileio, staging
 from ...errors import ConfigError, JobSubmissionError, SshError
 from ...job import Job
 from ...path import SpecPath
@@ -273,13 +276,59 @@ class SshScheduler(Scheduler):
     # --------------------------------------------------------------- submit
     def _render_for(self, job: Job, host: _Host) -> str:
         spec = self.wrapper_spec(job)
+        old_job_dir = spec.job_metadir
         if host.shared:
             spec.metadir = str(host.workdir)
             spec.job_metadir = host.mounted(self.workdir, job.metadir)
         else:
             spec.metadir = str(host.remote_root)
             spec.job_metadir = host.job_dir(job.index)
+        if spec.cwd == old_job_dir:  # staging jobs run in their job dir
+            spec.cwd = spec.job_metadir
         return render(spec)
+
+    async def _stage_in(self, job: Job, host: _Host) -> None:
+        """Shared host: copy locally.  Otherwise: SFTP into the job dir."""
+        if not job.stage_in:
+            return
+        if host.shared:
+            await self.stage_job_in(job)
+            return
+        job_dir = host.job_dir(job.index)
+        await host.pool.run_checked(f"umask 077; mkdir -p -- {shlex.quote(job_dir)}")
+        try:
+            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+                for item in job.stage_in:
+                    dest = staging.remote_path(job_dir, item.dest)
+                    parent = str(PurePosixPath(dest).parent)
+                    await sftp.makedirs(parent, exist_ok=True)
+                    await sftp.put(str(item.source), dest, recurse=True, preserve=True)
+        except (OSError, asyncssh.Error) as exc:
+            raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
+
+    async def _stage_out_remote(self, job: Job, host: _Host, job_dir: str) -> list[str]:
+        errors = []
+        try:
+            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+                for item in job.stage_out:
+                    src = staging.remote_path(job_dir, item.source)
+                    dst = staging.local_target(item, Path(str(job.metadir.path)))
+                    await asyncio.to_thread(
+                        dst.parent.mkdir, parents=True, exist_ok=True
+                    )
+                    if not await sftp.exists(src):
+                        errors.append(f"stage_out: {item.source!r} was not produced")
+                        continue
+                    await sftp.get(src, str(dst), recurse=True, preserve=True)
+        except (OSError, asyncssh.Error, SshError) as exc:
+            errors.append(f"stage_out from {host.label} failed: {exc}")
+        return errors
+
+    async def stage_job_out(self, job: Job) -> list[str]:
+        host = self._unshared_host(job)
+        if host is None:
+            return await super().stage_job_out(job)
+        return job.extra.pop("stage_out_errors", [])
 
     def _launch_request(self, job: Job, host: _Host, text: str) -> str:
         script = job.wrapped_script_file(self.name)
@@ -303,6 +352,7 @@ class SshScheduler(Scheduler):
             job.extra["host"] = host.name
             try:
                 await host.ensure_ready(self.workdir)
+                await self._stage_in(job, host)
                 script = job.wrapped_script_file(self.name)
                 text = self._render_for(job, host)
                 # On a host without the workdir this local copy is for reading
@@ -473,6 +523,11 @@ class SshScheduler(Scheduler):
                 "job %s: cannot fetch its files from %s: %s", job.index, host.label, exc
             )
             return False
+        if fetched.rc.strip() == "0" and job.stage_out:
+            # Before the remote directory is scheduled for removal.
+            job.extra["stage_out_errors"] = await self._stage_out_remote(
+                job, host, job_dir
+            )
         status = await fileio.to_thread(_write_end, job, fetched.rc)
         if not host.spec.keep_remote:
             host.pending_rm.append(job_dir)

@@ -101,7 +101,7 @@ def fetch_small(job_dir: str) -> tuple[str, str]:
         # wc -c on a redirected regular file asks its size (fstat), reads nothing
         f"a=$(wc -c < {out} 2>/dev/null) || a=0; "
         f"b=$(wc -c < {err} 2>/dev/null) || b=0; "
-        'sz=$((a + b)); '
+        "sz=$((a + b)); "
         f'small=; [ "$sz" -le {SMALL_OUTPUT} ] && small=1; '
         "if [ -n \"$small\" ]; then printf 'small\\n'; else printf 'big\\n'; fi; "
         f"cat -- {rc} 2>/dev/null; printf '\\n{mark}\\n'; "
