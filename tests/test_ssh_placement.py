@@ -147,3 +147,13 @@ def test_snippets_run_in_a_real_posix_shell(tmp_path) -> None:
     assert remote.parse_pids(_sh(remote.dead_among([alive]))) == {launched.pid}
     assert "xq-gone" in _sh(remote.kill_group(launched.pid, launched.starttime, 1))
     assert remote.parse_launch(_sh(remote.launch(str(tmp_path / "nope"), "/dev/null", "/dev/null"))) == "noscript"
+
+
+def test_idle_hosts_share_sequential_jobs() -> None:
+    p = make(8, 8)
+    names = []
+    for i in range(10):
+        host = p.pick(i)
+        names.append(host.name)  # type: ignore[union-attr]
+        p.release(host.name, i, ok=True)  # type: ignore[union-attr]
+    assert names.count("h0") == names.count("h1") == 5

@@ -40,7 +40,8 @@ class Scheduler(ABC):
         forks: how many jobs may be active at once.
         error_strategy: "ignore", "retry" or "halt".
         num_retries: how many times a failed job is retried ("retry").
-        prescript / postscript: bash run before / after every command.
+        prescript: bash run before every command.
+        postscript: bash run after every command.
         jobname_prefix: a prefix for job names (defaults to the scheduler name).
         submission_batch: how many submissions may be in flight at once.
         recheck_interval: every how many poll cycles to check that active jobs'
@@ -295,7 +296,7 @@ class Scheduler(ABC):
         A job id on disk whose process is still alive means a previous run
         started it: re-attach to it instead of starting it twice.
         """
-        jid = await job.get_jid()
+        jid = await self.recover_jid(job, await job.get_jid())
         if not jid:
             return False
         try:
@@ -313,6 +314,17 @@ class Scheduler(ABC):
         if status != JobStatus.SUBMITTED:
             await self.transition_job_status(job, status)
         return True
+
+    async def recover_jid(self, job: Job, jid: str | None) -> str | None:
+        """The job id of an attempt an earlier controller started, if any.
+
+        Backends complete a job id the controller had no time to write in
+        full (it died between starting the job and recording its pid) from
+        job.pid, which the wrapper writes as soon as it starts.
+        """
+        if jid and jid != job.jid:
+            await job.set_jid(jid)
+        return jid
 
     async def submit_job_and_update_status(self, job: Job) -> None:
         """Submit a job and record the outcome.

@@ -126,7 +126,8 @@ while :; do
     kill -0 "$xq_pid" 2>/dev/null && continue
     wait "$xq_pid" 2>/dev/null
     xq_last=$?
-    [ "$xq_last" -ne 127 ] && xq_rc=$xq_last
+    # 127 / negative: bash already handed the status to the first wait.
+    case "$xq_last" in 127|-*) ;; *) xq_rc=$xq_last ;; esac
     break
 done
 

@@ -239,7 +239,7 @@ async def test_controller_sigkill_and_restart_runs_no_job_twice(
     assert second.returncode == 0, err.decode()
     assert json.loads(out.decode().splitlines()[-1]) == ["FINISHED"] * 6
     for i in range(6):
-        assert read(counter / str(i)) == "x\n", f"job {i} ran twice"
+        assert read(counter / str(i)) == "x\n", f"job {i} ran twice: {err.decode()[-3000:]}"
 
 
 def test_bad_configuration_is_rejected_before_running(tmp_path: Path) -> None:

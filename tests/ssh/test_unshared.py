@@ -12,6 +12,7 @@ from typing import Any
 
 from xqute_ssh import JobStatus, Xqute
 from xqute_ssh.schedulers.ssh import parse_jid
+from xqute_ssh.schedulers.ssh.unshared import default_remote_workdir
 
 from ..helpers import read
 
@@ -45,8 +46,10 @@ async def test_private_host_runs_jobs_and_outputs_arrive(sshd_cluster_factory, t
     listing = host.run(["ls", str(workdir)])
     assert listing.returncode != 0
     # remote job directories are removed after the fetch
-    remote_root = host.run(["sh", "-c", "ls ~/.cache/xqute-ssh/*/ 2>/dev/null | wc -l"])
-    assert remote_root.stdout.strip() == "0"
+    home = host.run(["sh", "-c", "echo $HOME"]).stdout.strip()
+    root = default_remote_workdir(home, str(workdir))
+    left = host.run(["sh", "-c", f"ls -A {root} | wc -l"])
+    assert left.stdout.strip() == "0"
 
 
 async def test_shared_and_unshared_hosts_in_one_run(sshd_cluster_factory, sshd_cluster, tmp_path: Path) -> None:

@@ -91,9 +91,7 @@ def _forks(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number >= 1, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -103,9 +101,7 @@ def _retries(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number >= 0, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -151,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SERVER",
-        help="an SSH host as [user@]host[:port]; repeat for more hosts "
-        "(no server: this machine)",
+        help="an SSH host as [user@]host[:port]; repeat for more hosts (no server: this machine)",
     )
     where.add_argument(
         "--servers-file",
@@ -165,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_forks,
         metavar="FORKS",
-        help="jobs running at once, over all hosts (default: the number of "
-        f"CPUs here; with servers {DEFAULT_FORKS_PER_SERVER} per server, or "
-        "the servers' own forks)",
+        help="jobs running at once, over all hosts, spread evenly over "
+        "servers without forks of their own (default: the number of CPUs "
+        f"here; with servers {DEFAULT_FORKS_PER_SERVER} per server)",
     )
     where.add_argument(
         "-w",
@@ -222,9 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print only errors and the final summary line",
     )
-    show.add_argument(
-        "-v", "--verbose", action="store_true", help="log what the engine does"
-    )
+    show.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     run.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -253,9 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start two loopback sshd hosts (needs openssh-server) and "
         "run a small batch of jobs over them with the live display.",
     )
-    demo.add_argument(
-        "-v", "--verbose", action="store_true", help="log what the engine does"
-    )
+    demo.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     return parser
 
 
@@ -269,9 +260,7 @@ def read_lines(path: str, flag: str) -> list[str]:
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
-        raise UsageError(
-            f"{flag}: cannot read {path!r}: {exc.strerror or exc}"
-        ) from None
+        raise UsageError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()  # the newline that ends the last line starts no new one
@@ -309,8 +298,7 @@ def build_commands(
         return jobs
     if not command:
         raise UsageError(
-            "no command: give one after --, e.g. `xqute-ssh run -- echo hi`, "
-            "or a jobs file with -f"
+            "no command: give one after --, e.g. `xqute-ssh run -- echo hi`, or a jobs file with -f"
         )
     if arg_file is None:
         return [_checked(list(command), "CMD")]
@@ -356,8 +344,7 @@ def load_servers_file(path: str) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise UsageError(
-                f"{flag}: reading YAML needs PyYAML (pip install pyyaml); "
-                "or write the file as TOML"
+                f"{flag}: reading YAML needs PyYAML (pip install pyyaml); or write the file as TOML"
             ) from None
         try:
             data = yaml.safe_load(raw)
@@ -387,8 +374,7 @@ def load_servers_file(path: str) -> dict[str, Any]:
         for spec in servers:
             if not isinstance(spec, str):
                 raise UsageError(
-                    f"{flag}: a 'servers' list holds [user@]host[:port] "
-                    f"strings, not {spec!r}"
+                    f"{flag}: a 'servers' list holds [user@]host[:port] strings, not {spec!r}"
                 )
             parse_server_spec(spec)
     else:
@@ -399,25 +385,31 @@ def load_servers_file(path: str) -> dict[str, Any]:
     return opts
 
 
-def _default_forks(servers: list[str] | dict[str, dict[str, Any]]) -> int:
+def _valid_forks(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _capacity(servers: list[str] | dict[str, dict[str, Any]], per_server: Any) -> int:
+    """Job slots over all servers: each server's ``forks``, else ``per_server``."""
+    default = per_server if _valid_forks(per_server) else DEFAULT_FORKS_PER_SERVER
     if isinstance(servers, list):
-        return DEFAULT_FORKS_PER_SERVER * len(servers)
-    total = 0
-    for entry in servers.values():
-        forks = entry.get("forks")
-        if isinstance(forks, int) and not isinstance(forks, bool) and forks >= 1:
-            total += forks
-        else:  # absent, or bad: the scheduler names the bad value
-            total += DEFAULT_FORKS_PER_SERVER
-    return total
+        return default * len(servers)
+    return sum(e["forks"] if _valid_forks(e.get("forks")) else default for e in servers.values())
 
 
 def scheduler_options(
-    server_specs: Sequence[str], servers_file: str | None
+    server_specs: Sequence[str], servers_file: str | None, jobs: int | None = None
 ) -> tuple[str, dict[str, Any], int, str | None]:
-    """The scheduler name, its options, default forks, and the flag they came from."""
+    """The scheduler name, its options, forks, and the flag the options came from.
+
+    ``-j`` is the total over all hosts.  A server without its own ``forks``
+    gets ``forks_per_server`` slots: the file's value, else ``-j`` spread
+    evenly, else 8; without ``-j`` the total is what the servers hold.  (The
+    ssh scheduler would otherwise give such a server all ``-j`` slots, and
+    placement by most free slots would pile the jobs onto it.)
+    """
     if not server_specs and servers_file is None:
-        return "local", {}, os.cpu_count() or 1, None
+        return "local", {}, jobs or os.cpu_count() or 1, None
     parsed = {spec: parse_server_spec(spec) for spec in server_specs}
     if servers_file is None:
         servers: list[str] | dict[str, dict[str, Any]] = list(server_specs)
@@ -433,7 +425,11 @@ def scheduler_options(
             servers = {**servers, **parsed}
         opts["servers"] = servers
         flag = f"--servers-file {servers_file}"
-    return "ssh", opts, _default_forks(servers), flag
+    if "forks_per_server" not in opts:
+        spread = -(-jobs // len(servers)) if jobs else DEFAULT_FORKS_PER_SERVER
+        opts["forks_per_server"] = spread
+    forks = jobs or _capacity(servers, opts["forks_per_server"])
+    return "ssh", opts, forks, flag
 
 
 def make_plan(ns: argparse.Namespace) -> RunPlan:
@@ -441,7 +437,7 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
     command = list(ns.command)
     if command and command[0] == "--":
         command = command[1:]
-    scheduler, opts, default_forks, flag = scheduler_options(ns.server, ns.servers_file)
+    scheduler, opts, forks, flag = scheduler_options(ns.server, ns.servers_file, ns.jobs)
     commands = build_commands(command, ns.arg_file, ns.jobs_file)
     if ns.timeout is not None:
         opts["timeout"] = ns.timeout
@@ -457,7 +453,7 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
         commands=commands,
         scheduler=scheduler,
         scheduler_opts=opts,
-        forks=ns.jobs or default_forks,
+        forks=forks,
         workdir=ns.workdir,
         error_strategy=strategy,
         num_retries=retries,

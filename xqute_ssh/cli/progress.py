@@ -99,10 +99,7 @@ class PlainView:
     def job_ended(self, ending: Ending) -> None:
         file = self._file or sys.stdout
         rc = "-" if ending.rc is None else ending.rc
-        file.write(
-            f"job {ending.index} {ending.outcome} rc={rc} "
-            f"host={printable(ending.host)}\n"
-        )
+        file.write(f"job {ending.index} {ending.outcome} rc={rc} host={printable(ending.host)}\n")
         file.flush()
 
 
@@ -193,9 +190,7 @@ class RunMonitor:
 
     name = "xqute-ssh-cli"
 
-    def __init__(
-        self, tally: Tally, view: View, skip: set[int], default_host: str
-    ) -> None:
+    def __init__(self, tally: Tally, view: View, skip: set[int], default_host: str) -> None:
         self.tally = tally
         self.view = view
         self._skip = set(skip)

@@ -46,8 +46,7 @@ def _build(plan: RunPlan, monitor: RunMonitor) -> Xqute:
         raise UsageError(f"{where}: {exc}") from None
     except ImportError as exc:
         raise UsageError(
-            f"{plan.servers_flag or 'run'}: the {plan.scheduler} scheduler "
-            f"cannot be loaded ({exc})"
+            f"{plan.servers_flag or 'run'}: the {plan.scheduler} scheduler cannot be loaded ({exc})"
         ) from None
 
 

@@ -75,9 +75,7 @@ def render(records: list[JobRecord], out: Output) -> None:
     file = out.console.file
     file.write("\t".join(_COLUMNS) + "\n")
     for rec in records:
-        file.write(
-            "\t".join(c.replace("\t", " ").replace("\n", " ") for c in _cells(rec))
-        )
+        file.write("\t".join(c.replace("\t", " ").replace("\n", " ") for c in _cells(rec)))
         file.write("\n")
     file.write(_counts_line(records) + "\n")
     file.flush()

@@ -113,8 +113,7 @@ def _print_plain(
 ) -> None:
     file = out.console.file
     rows = [("host", "finished", "failed")] + [
-        (printable(h), str(c.finished), str(c.failed))
-        for h, c in sorted(tally.hosts.items())
+        (printable(h), str(c.finished), str(c.failed)) for h, c in sorted(tally.hosts.items())
     ]
     if len(rows) > 1:
         width = max(len(r[0]) for r in rows)
@@ -125,9 +124,7 @@ def _print_plain(
         rc = "-" if ending.rc is None else ending.rc
         file.write(
             f"failed: job {ending.index} {ending.outcome} rc={rc} "
-            f"host={printable(ending.host)} stderr={path}"
-            + (f": {tail}" if tail else "")
-            + "\n"
+            f"host={printable(ending.host)} stderr={path}" + (f": {tail}" if tail else "") + "\n"
         )
     if more:
         file.write(f"... and {more} more: xqute-ssh status {workdir}\n")

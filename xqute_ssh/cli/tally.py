@@ -92,9 +92,7 @@ class Tally:
         if host is not None:
             self.hosts[host].running -= 1
 
-    def ended_as(
-        self, index: int, outcome: Outcome, rc: int | None, host: str
-    ) -> Ending | None:
+    def ended_as(self, index: int, outcome: Outcome, rc: int | None, host: str) -> Ending | None:
         """Job ``index`` ended for good; None if it had already ended.
 
         The host is the one it ran on, when it was seen running.

@@ -14,6 +14,7 @@ import os
 import signal
 from pathlib import Path
 
+from .. import fileio
 from ..errors import ConfigError, JobSubmissionError
 from ..job import Job
 from ..scheduler import Scheduler, logger
@@ -30,11 +31,15 @@ def _open_outputs(stdout: str, stderr: str) -> tuple[int, int]:
     return out, err
 
 
-def _cmdline(pid: int) -> bytes | None:
+def _process(pid: int) -> tuple[str, bytes] | None:
+    """(state, cmdline) of a process, None when there is no such process."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state, cmdline
 
 
 async def wait_pid_gone(pid: int, timeout: float) -> bool:
@@ -110,6 +115,12 @@ class LocalScheduler(Scheduler):
             job.extra["wrapper_exited"] = code
         self.wakeup.set()
 
+    async def recover_jid(self, job: Job, jid: str | None) -> str | None:
+        if not jid:
+            text = await fileio.read_text(job.metadir / "job.pid")
+            jid = text.split()[0] if text and text.split() else None
+        return await super().recover_jid(job, jid)
+
     def _pid(self, job: Job) -> int | None:
         try:
             return int(job.jid or "")
@@ -122,12 +133,13 @@ class LocalScheduler(Scheduler):
             pid = int(jid or "")
         except ValueError:
             return False
-        cmdline = await asyncio.to_thread(_cmdline, pid)
-        if cmdline is None:
+        proc = await asyncio.to_thread(_process, pid)
+        if proc is None or proc[0] in ("Z", "X"):
             return False
         # A reused pid runs something else: it must be this job's wrapper.
+        # An empty cmdline is a process still inside execve (just started).
         script = os.fsencode(str(job.wrapped_script_file(self.name)))
-        return script in cmdline
+        return proc[1] == b"" or script in proc[1]
 
     async def jobs_fail_before_running(self, jobs: list[Job]) -> list[bool]:  # type: ignore[override]
         out = []

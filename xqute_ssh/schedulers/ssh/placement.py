@@ -23,6 +23,7 @@ class HostSlots:
     last_error: str = ""
     finished: int = 0
     failed: int = 0
+    placed: int = 0  # jobs ever given to this host: spreads ties evenly
 
     @property
     def free(self) -> int:
@@ -67,9 +68,10 @@ class Placement:
             return None
         best = max(
             candidates,
-            key=lambda h: (h.name not in avoid, h.free, -len(h.running)),
+            key=lambda h: (h.name not in avoid, h.free, -len(h.running), -h.placed),
         )
         best.running.add(index)
+        best.placed += 1
         return best
 
     def hold(self, name: str, index: int) -> None:

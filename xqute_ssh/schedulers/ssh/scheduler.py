@@ -210,7 +210,13 @@ class SshScheduler(Scheduler):
         )
         self.lost_after = lost_after
         # A job can only run where a slot is; never admit more than all hosts hold.
-        self.forks = min(self.forks, self.placement.capacity)
+        if self.forks > self.placement.capacity:
+            logger.warning(
+                "forks=%d is more than the servers' slots together (%d): "
+                "at most %d jobs will run at once",
+                self.forks, self.placement.capacity, self.placement.capacity,
+            )
+            self.forks = self.placement.capacity
         self._slot_freed = asyncio.Event()
         self._unreachable_since: dict[str, float] = {}
 
@@ -358,6 +364,9 @@ class SshScheduler(Scheduler):
                 # On a host without the workdir this local copy is for reading
                 # only; the script travels inside the launch request.
                 await fileio.write_text(script, text, mode=0o700)
+                # "<server>:" says where the job goes before it exists: if we
+                # die before its pid is recorded, a restart finds it there.
+                await job.set_jid(f"{host.name}:")
                 reply = await host.run(self._launch_request(job, host, text))
             except SshError as exc:
                 self.placement.release(host.name, job.index)
@@ -418,6 +427,26 @@ class SshScheduler(Scheduler):
                 return f"{host.name}:{pid}:{start}"
             await asyncio.sleep(0.1)
         return None
+
+    async def recover_jid(self, job: Job, jid: str | None) -> str | None:
+        if jid and jid.endswith(":") and jid[:-1] in self.hosts:
+            host = self.hosts[jid[:-1]]
+            text: str | None
+            try:
+                await host.ensure_ready(self.workdir)
+                if host.shared:
+                    text = await fileio.read_text(job.metadir / "job.pid")
+                else:
+                    reply = await host.run(
+                        f"cat -- {shlex.quote(host.job_dir(job.index) + '/job.pid')}"
+                        " 2>/dev/null"
+                    )
+                    text = reply.stdout
+            except SshError:
+                text = None
+            parts = (text or "").split()
+            jid = f"{host.name}:{parts[0]}:{parts[1]}" if len(parts) >= 2 else None
+        return await super().recover_jid(job, jid)
 
     async def job_is_submitted_or_running(self, job: Job) -> bool:
         running = await super().job_is_submitted_or_running(job)
