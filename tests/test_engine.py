@@ -169,6 +169,7 @@ async def test_sigterm_kills_running_jobs_and_returns(tmp_path: Path) -> None:
     await run(xq, timeout=30)
     assert f"shutdown:{signal.SIGTERM}" in events
     assert [j.status for j in xq.jobs] == [JobStatus.FAILED, JobStatus.FAILED]
+    assert [await j.get_rc() for j in xq.jobs] == [143, 143]  # TERM, not "1"
     assert pids_with(marker) == []
     assert signal.getsignal(signal.SIGTERM) == before
 

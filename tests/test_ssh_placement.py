@@ -76,10 +76,13 @@ def test_parse_jid() -> None:
     assert parse_jid(None) is None
 
 
-def test_servers_list_and_mapping() -> None:
-    specs = parse_servers(["alice@n1:2222", "n2"], {"keyfile": "/k"})
+def test_servers_list_and_mapping(tmp_path) -> None:
+    key = tmp_path / "k"
+    key.write_text("x")
+    key.chmod(0o600)
+    specs = parse_servers(["alice@n1:2222", "n2"], {"keyfile": str(key)})
     assert [s.config.label for s in specs] == ["alice@n1:2222", specs[1].config.label]
-    assert specs[1].config.host == "n2" and specs[1].config.keyfile == "/k"
+    assert specs[1].config.host == "n2" and specs[1].config.keyfile == str(key)
     specs = parse_servers({"a": {"host": "10.0.0.5", "forks": 3}, "b.example": None}, {})
     assert specs[0].config.host == "10.0.0.5" and specs[0].forks == 3
     assert specs[1].config.host == "b.example"

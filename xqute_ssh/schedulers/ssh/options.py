@@ -8,6 +8,8 @@ malformed is a ConfigError naming the entry.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -88,6 +90,26 @@ def _shared(where: str, value: Any) -> SharedFs:
     )
 
 
+def _check_keyfiles(where: str, keyfiles: Sequence[str]) -> None:
+    """A key file must exist and be private, as OpenSSH insists."""
+    for keyfile in keyfiles:
+        path = os.path.expanduser(keyfile)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: key file {keyfile!r} cannot be read: {exc.strerror}"
+            ) from None
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: key file {keyfile!r} is not a file")
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where}: key file {keyfile!r} is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); OpenSSH refuses such keys: "
+                f"chmod 600 {keyfile}"
+            )
+
+
 def parse_servers(
     servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None,
     defaults: Mapping[str, Any],
@@ -143,6 +165,7 @@ def parse_servers(
             raise ConfigError(f"{where}: {exc}") from None
         if name in seen:
             raise ConfigError(f"{where} is listed twice")
+        _check_keyfiles(where, config.keyfiles or ())
         seen.add(name)
         mounted = job_opts.get("mounted_workdir")
         if mounted is not None and not isinstance(mounted, str):
