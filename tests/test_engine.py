@@ -406,7 +406,7 @@ async def test_stage_in_and_out_locally(tmp_path: Path) -> None:
 
 async def test_missing_stage_in_is_an_error_at_feed(tmp_path: Path) -> None:
     xq = Xqute(workdir=tmp_path)
-    with pytest.raises(ConfigError, match="nope.txt"):
+    with pytest.raises(ConfigError, match=r"nope\.txt"):
         await xq.feed(["true"], stage_in=[tmp_path / "nope.txt"])
     assert xq.jobs == []
 

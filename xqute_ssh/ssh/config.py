@@ -82,14 +82,8 @@ class HostConfig:
 
     def __post_init__(self) -> None:
         host = self.host
-        if (
-            not isinstance(host, str)
-            or not host.strip()
-            or any(c.isspace() for c in host)
-        ):
-            raise ConfigError(
-                f"invalid host {host!r}: must be a non-empty name or address"
-            )
+        if not isinstance(host, str) or not host.strip() or any(c.isspace() for c in host):
+            raise ConfigError(f"invalid host {host!r}: must be a non-empty name or address")
         if host.startswith("-"):
             raise ConfigError(f"invalid host {host!r}: must not start with '-'")
         if self.port is not None:
@@ -109,9 +103,7 @@ class HostConfig:
                 raise ConfigError(f"{host}: {name} must be > 0")
         if self.keepalive_interval < 0:
             raise ConfigError(f"{host}: keepalive_interval must be >= 0 (0 disables)")
-        if self.proxy_jump is not None and not isinstance(
-            self.proxy_jump, HostConfig | str
-        ):
+        if self.proxy_jump is not None and not isinstance(self.proxy_jump, HostConfig | str):
             raise ConfigError(
                 f"{host}: proxy_jump must be a 'user@host:port' string or a HostConfig"
             )
@@ -125,14 +117,10 @@ class HostConfig:
         raises ConfigError naming it.
         """
         if not isinstance(spec, str):
-            raise ConfigError(
-                f"invalid host entry {spec!r}: expected '[user@]host[:port]'"
-            )
+            raise ConfigError(f"invalid host entry {spec!r}: expected '[user@]host[:port]'")
         m = _SPEC_RE.match(spec.strip())
         if m is None:
-            raise ConfigError(
-                f"invalid host entry {spec!r}: expected '[user@]host[:port]'"
-            )
+            raise ConfigError(f"invalid host entry {spec!r}: expected '[user@]host[:port]'")
         host = m.group("host6") or m.group("host")
         port: int | None = None
         if m.group("port") is not None:
@@ -211,9 +199,7 @@ class HostConfig:
             if f.name == "password" and value is not None:
                 parts.append("password='***'")
             elif f.name == "connect_options":
-                opts = {
-                    k: ("***" if "pass" in k.lower() else v) for k, v in value.items()
-                }
+                opts = {k: ("***" if "pass" in k.lower() else v) for k, v in value.items()}
                 parts.append(f"connect_options={opts!r}")
             else:
                 parts.append(f"{f.name}={value!r}")

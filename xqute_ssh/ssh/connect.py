@@ -156,9 +156,7 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
         return SshHostKeyError(cfg.label, await _host_key_message(cfg))
     if isinstance(exc, asyncssh.KeyImportError):
         return ConfigError(f"{cfg.label}: cannot load a client key: {exc}")
-    if isinstance(
-        exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError
-    ):
+    if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
         # Also what sshd's MaxStartups does to excess unauthenticated connections.
         return SshConnectError(addr, f"connection dropped during the handshake ({exc})")
     if isinstance(exc, asyncssh.DisconnectError):
@@ -175,9 +173,7 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
         err.retryable = False
         return err
     if isinstance(exc, ConnectionRefusedError):
-        return SshConnectError(
-            addr, "connection refused (is sshd running on that port?)"
-        )
+        return SshConnectError(addr, "connection refused (is sshd running on that port?)")
     if isinstance(exc, OSError):
         return SshConnectError(addr, f"cannot connect: {exc.strerror or exc}")
     if isinstance(exc, ValueError):

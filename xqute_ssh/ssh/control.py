@@ -50,9 +50,11 @@ they keep the channel open after the shell exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shlex
+import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +101,11 @@ class CommandResult:
         return self
 
 
+def _again(exc: SshError) -> SshError:
+    """A fresh copy of ``exc`` (one instance raised many times grows its traceback)."""
+    return type(exc)(exc.host, str(exc).removeprefix(f"{exc.host}: "))
+
+
 @dataclass(eq=False)
 class _Request:
     """One request in flight: filled in as its two marker lines arrive."""
@@ -123,12 +130,12 @@ class _Stream:
 class ControlSession(asyncssh.SSHClientSession[bytes]):
     """A persistent remote ``sh`` speaking the marker protocol (see module doc).
 
-    Create with :meth:`start`; send requests with :meth:`run`.  ``on_open``
-    fires when the server accepted the channel; ``on_retired``
-    fires once when the session stops taking requests (retired after a
-    timeout, or failed: shell exited, channel lost); ``on_closed`` fires once
-    when the channel is gone (always after ``on_open``).  All are plain callbacks so the pool can do its
-    bookkeeping synchronously.
+    Create with :meth:`start`; send requests with :meth:`run`.  Callbacks, all
+    plain functions so the pool can keep its books synchronously: ``on_open``
+    when the server accepted the channel; ``on_retired`` once, when the session
+    stops taking requests (retired after a timeout, or failed: shell exited,
+    channel lost); ``on_closed`` once, when the channel is gone (always after
+    ``on_open``).
     """
 
     def __init__(
@@ -152,9 +159,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         self._err = _Stream("stderr")
         self._seq = 0
         self._inflight = 0
-        self._error: SshError | None = (
-            None  # set once: every later request fails with it
-        )
+        self._error: SshError | None = None  # set once: every later request fails with it
         self._suspect = False
         self._grace_timer: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
@@ -272,7 +277,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         if "\0" in snippet:
             raise ValueError("a shell snippet cannot contain NUL characters")
         if self._error is not None:
-            raise self._error
+            raise _again(self._error)
         if self._suspect or self._chan is None:
             raise SshConnectionLost(self.label, "control session is retired")
         seq = self._seq
@@ -313,8 +318,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         self.close(
             SshConnectionLost(
                 self.label,
-                f"control session gave no reply within {self._grace:g}s after a "
-                "timeout; closed it",
+                f"control session gave no reply within {self._grace:g}s after a timeout; closed it",
             )
         )
 
@@ -326,15 +330,13 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
-        pending = list(self._out.waiting) + [
-            r for r in self._err.waiting if r not in self._out.waiting
-        ]
+        pending = {id(r): r for r in (*self._out.waiting, *self._err.waiting)}
         self._out.waiting.clear()
         self._err.waiting.clear()
         self._inflight = 0
-        for req in pending:
+        for req in pending.values():
             if not req.future.done():
-                req.future.set_exception(self._error)
+                req.future.set_exception(_again(self._error))
                 req.future.exception()  # mark retrieved: nobody may be awaiting it
 
     # ------------------------------------------------------------ asyncssh callbacks
@@ -352,9 +354,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
             self._parse(self._out)
 
     def eof_received(self) -> bool:
-        self._fail(
-            SshConnectionLost(self.label, self._death_message("control shell exited"))
-        )
+        self._fail(SshConnectionLost(self.label, self._death_message("control shell exited")))
         return False
 
     def exit_status_received(self, status: int) -> None:
@@ -366,9 +366,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
             )
         )
 
-    def exit_signal_received(
-        self, signal: str, core_dumped: bool, msg: str, lang: str
-    ) -> None:
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self._fail(
             SshConnectionLost(
                 self.label, self._death_message(f"control shell killed by SIG{signal}")
@@ -380,9 +378,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = getattr(exc, "reason", None) or (str(exc) if exc else "channel closed")
         self._fail(
-            SshConnectionLost(
-                self.label, self._death_message(f"control session lost: {reason}")
-            )
+            SshConnectionLost(self.label, self._death_message(f"control session lost: {reason}"))
         )
         self._closed.set()
         if self._on_closed is not None:
@@ -453,3 +449,94 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
             if self._suspect and self._inflight == 0:
                 self.close()
         return True
+
+
+# ====================================================================== one-shot exec
+class _ExecSession(asyncssh.SSHClientSession[bytes]):
+    """Collects one exec channel's output and exit status (the slow path)."""
+
+    def __init__(
+        self, on_open: Callable[[], None] | None, on_close: Callable[[], None] | None
+    ) -> None:
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.status: int | None = None
+        self.signal: str | None = None
+        self.lost: Exception | None = None
+        self.done = asyncio.Event()  # an Event: a cancelled waiter cannot spoil it
+        self._on_open = on_open
+        self._on_close = on_close
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        if self._on_open is not None:
+            self._on_open()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr += data
+        else:
+            self.stdout += data
+
+    def exit_status_received(self, status: int) -> None:
+        self.status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+        self.done.set()
+        if self._on_close is not None:
+            callback, self._on_close = self._on_close, None
+            callback()
+
+    @property
+    def returncode(self) -> int:
+        """Exit status; 128+N for a signal, like a shell reports it."""
+        if self.status is not None:
+            return self.status
+        if self.signal is not None:
+            with contextlib.suppress(KeyError):
+                return 128 + int(signal.Signals["SIG" + self.signal])
+        return 255
+
+
+async def exec_command(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    *,
+    label: str,
+    timeout: float,
+    on_open: Callable[[], None] | None = None,
+    on_close: Callable[[], None] | None = None,
+) -> CommandResult:
+    """Run ``command`` in a fresh exec channel with stdin at EOF (``ssh host cmd``).
+
+    ``on_open``/``on_close`` fire when the server accepts and when the channel
+    is gone, always paired, so the pool can count accepted channels.  Opening
+    errors (asyncssh.ChannelOpenError, e.g. MaxSessions) propagate unchanged.
+    """
+    session = _ExecSession(on_open, on_close)
+    chan, _ = await conn.create_session(lambda: session, command, encoding=None)
+    try:
+        chan.write_eof()
+        async with asyncio.timeout(timeout):
+            await session.done.wait()
+    except TimeoutError:
+        raise SshTimeoutError(label, f"remote command did not finish within {timeout:g}s") from None
+    finally:
+        if not session.done.is_set():
+            with contextlib.suppress(Exception):
+                chan.send_signal("TERM")  # else sshd keeps the session until it ends
+        chan.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await session.done.wait()
+    if session.status is None and session.signal is None:
+        reason = getattr(session.lost, "reason", None) or session.lost or "closed"
+        raise SshConnectionLost(label, f"connection lost while running a command: {reason}")
+    return CommandResult(
+        session.returncode,
+        bytes(session.stdout).decode(_ENCODING, _ERRORS),
+        bytes(session.stderr).decode(_ENCODING, _ERRORS),
+    )

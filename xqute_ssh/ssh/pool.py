@@ -36,7 +36,6 @@ import enum
 import functools
 import logging
 import random
-import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -61,7 +60,7 @@ from .connect import (
     lost_error,
     open_link,
 )
-from .control import CommandResult, ControlSession
+from .control import CommandResult, ControlSession, exec_command
 
 logger = logging.getLogger("xqute_ssh.ssh")
 
@@ -124,8 +123,13 @@ class ConnSlot:
         return self.is_ready() and self.sessions < self.capacity
 
     def is_idle(self) -> bool:
-        """Nothing in use: control session may exist, but has no work."""
-        return self.leases == 0 and self.control_load == 0 and not self.retiring
+        """Nothing in use: a control session may exist, but has no work."""
+        return (
+            self.leases == 0
+            and self.control_load == 0
+            and not self.retiring
+            and self.control is not ControlState.STARTING
+        )
 
     def __repr__(self) -> str:
         return (
@@ -212,6 +216,28 @@ class PoolState:
         waiter = Waiter(want, future)
         self.waiters.append(waiter)
         return waiter
+
+    def try_grant(self, want: Want) -> Lease | None:
+        """The fast path: grant at once if nobody is queued and no I/O is needed.
+
+        Equivalent to queueing a waiter and calling :meth:`assign` when that
+        would grant it straight away without asking for any action.
+        """
+        if self.closed or any(not w.future.done() for w in self.waiters):
+            return None
+        if want is Want.SESSION:
+            slot = self._least(s for s in self.slots if s.has_free_slot())
+            if slot is None:
+                return None
+            slot.leases += 1
+            self._touch(slot)
+            return Lease(slot, Want.SESSION)
+        best = self._least_loaded_control()
+        if best is None or best.control_load >= self.pipeline_threshold:
+            return None
+        best.control_load += 1
+        self._touch(best)
+        return Lease(best, Want.CONTROL, best.control_gen)
 
     def cancel_waiter(self, waiter: Waiter) -> None:
         """The waiter gave up (timeout, cancellation): never leak what it got."""
@@ -338,10 +364,9 @@ class PoolState:
         slot.session = session
         slot.control_gen += 1
         slot.control_load = 0
+        self._touch(slot)
 
-    def control_failed(
-        self, slot: ConnSlot, exc: BaseException, *, refused: bool = False
-    ) -> None:
+    def control_failed(self, slot: ConnSlot, exc: BaseException, *, refused: bool = False) -> None:
         """Starting a control session failed; ``refused``: the server's MaxSessions."""
         slot.control = ControlState.NONE
         slot.control_channels -= 1
@@ -387,9 +412,7 @@ class PoolState:
         out = [
             s
             for s in self.slots
-            if s.is_ready()
-            and s.idle_since is not None
-            and now - s.idle_since >= idle_timeout
+            if s.is_ready() and s.idle_since is not None and now - s.idle_since >= idle_timeout
         ]
         for slot in out:
             self._drop(slot)
@@ -432,18 +455,12 @@ class PoolState:
     def control_session(self, lease: Lease) -> Any:
         """The control session a CONTROL lease refers to, None if it changed since."""
         slot = lease.slot
-        if (
-            slot.alive
-            and slot.control_gen == lease.gen
-            and slot.control is ControlState.READY
-        ):
+        if slot.alive and slot.control_gen == lease.gen and slot.control is ControlState.READY:
             return slot.session
         return None
 
     def _least_loaded_control(self) -> ConnSlot | None:
-        ready = [
-            s for s in self.slots if s.is_ready() and s.control is ControlState.READY
-        ]
+        ready = [s for s in self.slots if s.is_ready() and s.control is ControlState.READY]
         return min(ready, key=lambda s: (s.control_load, s.id)) if ready else None
 
     @staticmethod
@@ -489,9 +506,7 @@ class PoolState:
         with contextlib.suppress(ValueError):
             self.slots.remove(slot)
 
-    def _fail_waiters(
-        self, exc: BaseException, which: Callable[[Waiter], bool]
-    ) -> None:
+    def _fail_waiters(self, exc: BaseException, which: Callable[[Waiter], bool]) -> None:
         keep: deque[Waiter] = deque()
         for waiter in self.waiters:
             if waiter.future.done():
@@ -523,9 +538,7 @@ class HostPool:
     the call's ``timeout``) for a command, ``connect_timeout`` per connect.
     """
 
-    def __init__(
-        self, cfg: HostConfig, *, pipeline_threshold: int = PIPELINE_THRESHOLD
-    ) -> None:
+    def __init__(self, cfg: HostConfig, *, pipeline_threshold: int = PIPELINE_THRESHOLD) -> None:
         self.cfg = cfg
         self.label = cfg.label
         self._state = PoolState(
@@ -584,9 +597,7 @@ class HostPool:
                 self._release(lease)
         raise last or SshConnectionLost(self.label, "no usable control session")
 
-    async def run_checked(
-        self, snippet: str, timeout: float | None = None
-    ) -> CommandResult:
+    async def run_checked(self, snippet: str, timeout: float | None = None) -> CommandResult:
         """Like :meth:`run`, but raise RemoteCommandError on a non-zero exit."""
         result = await self.run(snippet, timeout)
         return result.check(self.label)
@@ -652,9 +663,10 @@ class HostPool:
     async def _acquire(self, want: Want) -> Lease:
         if self._closed:
             raise SshPoolClosed(self.label, "the pool is closed")
-        waiter = self._state.add_waiter(
-            want, asyncio.get_running_loop().create_future()
-        )
+        lease = self._state.try_grant(want)
+        if lease is not None:
+            return lease
+        waiter = self._state.add_waiter(want, asyncio.get_running_loop().create_future())
         self._kick()
         try:
             async with asyncio.timeout(self.cfg.acquire_timeout):
@@ -701,9 +713,7 @@ class HostPool:
         try:
             link = await self._connect_with_retries()
         except asyncio.CancelledError:
-            self._state.connection_failed(
-                slot, SshPoolClosed(self.label, "the pool was closed")
-            )
+            self._state.connection_failed(slot, SshPoolClosed(self.label, "the pool was closed"))
             raise
         except (SshError, ConfigError) as exc:
             logger.warning("%s", exc)
@@ -712,9 +722,7 @@ class HostPool:
             return
         except Exception as exc:  # a bug or an asyncssh surprise: fail loudly, not hang
             logger.exception("%s: unexpected error while connecting", self.label)
-            self._state.connection_failed(
-                slot, SshConnectError(self.cfg.address, repr(exc))
-            )
+            self._state.connection_failed(slot, SshConnectError(self.cfg.address, repr(exc)))
             self._kick()
             return
         if self._closed or not slot.alive:
@@ -736,9 +744,7 @@ class HostPool:
             except SshError as exc:
                 if not exc.retryable or attempt >= self.cfg.connect_retries:
                     raise
-                delay = min(_BACKOFF_BASE * 2**attempt, _BACKOFF_MAX) * random.uniform(
-                    0.5, 1.5
-                )
+                delay = min(_BACKOFF_BASE * 2**attempt, _BACKOFF_MAX) * random.uniform(0.5, 1.5)
                 attempt += 1
                 logger.info(
                     "%s; retry %d/%d in %.2fs",
@@ -764,9 +770,7 @@ class HostPool:
         while not self._closed:
             expired = self._state.expired(idle)
             if expired:
-                logger.debug(
-                    "%s: closing %d idle connection(s)", self.label, len(expired)
-                )
+                logger.debug("%s: closing %d idle connection(s)", self.label, len(expired))
                 await asyncio.shield(
                     self._close_slots(
                         expired, SshConnectionLost(self.label, "idle connection closed")
@@ -809,19 +813,11 @@ class HostPool:
         except Exception as exc:
             refused = is_session_refused(exc)
             err: BaseException = exc
-            if (
-                refused
-                or is_connection_lost(exc)
-                or isinstance(exc, asyncssh.ChannelOpenError)
-            ):
+            if refused or is_connection_lost(exc) or isinstance(exc, asyncssh.ChannelOpenError):
                 err = lost_error(self.label, exc, "starting the control session")
             elif not isinstance(exc, SshError):
-                logger.exception(
-                    "%s: unexpected error starting the control session", self.label
-                )
-                err = SshConnectionLost(
-                    self.label, f"control session failed to start: {exc!r}"
-                )
+                logger.exception("%s: unexpected error starting the control session", self.label)
+                err = SshConnectionLost(self.label, f"control session failed to start: {exc!r}")
             if not refused:
                 logger.warning("%s", err)
             self._state.control_failed(slot, err, refused=refused)
@@ -850,64 +846,23 @@ class HostPool:
             self._kick()
 
     # ---------------------------------------------------------- exec
-    async def _exec_on(
-        self, slot: ConnSlot, command: str, limit: float
-    ) -> CommandResult:
-        link: SshLink = slot.link
+    async def _exec_on(self, slot: ConnSlot, command: str, limit: float) -> CommandResult:
         try:
-            proc = await link.conn.create_process(
-                command, stdin=asyncssh.DEVNULL, encoding=None
+            return await exec_command(
+                slot.link.conn,
+                command,
+                label=self.label,
+                timeout=limit,
+                on_open=functools.partial(self._state.channel_opened, slot),
+                on_close=functools.partial(self._state.channel_closed, slot),
             )
-        except asyncssh.ChannelOpenError:
-            raise  # exec() tells a refusal (MaxSessions) from a lost connection
-        except Exception as exc:
+        except asyncssh.ChannelOpenError as exc:
             if is_connection_lost(exc):
                 raise lost_error(self.label, exc, "opening a channel") from exc
+            raise  # exec() handles a refusal (MaxSessions)
+        except SshError:
             raise
-        self._state.channel_opened(slot)
-        try:
-            async with asyncio.timeout(limit):
-                done = await proc.wait(check=False)
-        except TimeoutError:
-            raise SshTimeoutError(
-                self.label, f"remote command did not finish within {limit:g}s"
-            ) from None
         except Exception as exc:
-            if is_connection_lost(exc) or link.is_closed:
+            if is_connection_lost(exc) or slot.link.is_closed:
                 raise lost_error(self.label, exc, "running a command") from exc
             raise
-        finally:
-            try:
-                proc.close()
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(_CLOSE_WAIT):
-                        await asyncio.shield(proc.wait_closed())
-            finally:
-                self._state.channel_closed(slot)
-        if link.is_closed and done.exit_status is None and done.exit_signal is None:
-            raise SshConnectionLost(
-                self.label, "connection lost while running a command"
-            )
-        return CommandResult(
-            _returncode(done), _decode(done.stdout), _decode(done.stderr)
-        )
-
-
-def _returncode(done: asyncssh.SSHCompletedProcess) -> int:
-    """Exit status; 128+N for a signal, like the shell reports it."""
-    if done.exit_status is not None and done.exit_status >= 0:
-        return int(done.exit_status)
-    if done.exit_signal is not None:
-        name = done.exit_signal[0]
-        with contextlib.suppress(KeyError):
-            return 128 + int(signal.Signals["SIG" + name])
-        return 255
-    return 255
-
-
-def _decode(data: Any) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, str):
-        return data
-    return bytes(data).decode("utf-8", "surrogateescape")
