@@ -115,6 +115,8 @@ class Scheduler(ABC):
         #: poller looks now instead of at the next interval.
         self.wakeup = asyncio.Event()
         self._post_init_done = False
+        #: Set by Xqute: put a job back in the submission queue (retries).
+        self.requeue: Callable[[Job], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -367,12 +369,19 @@ class Scheduler(ABC):
         self.wakeup.set()
 
     async def retry_job(self, job: Job) -> None:
-        """Archive the failed attempt in job.retry/<n> and submit again."""
+        """Archive the failed attempt in job.retry/<n> and submit it again.
+
+        Under an Xqute the job goes back to its queue (``requeue``), so the
+        poller never waits for a slot that only the poller can free.
+        """
         job._retry_pending = False
         await job.clean(retry=True)
         job.trial_count += 1
         await self.transition_job_status(job, JobStatus.QUEUED)
-        await self.submit_job_and_update_status(job)
+        if self.requeue is not None:
+            self.requeue(job)
+        else:
+            await self.submit_job_and_update_status(job)
 
     # ------------------------------------------------------------------ kill
     async def kill_job_and_update_status(self, job: Job) -> None:

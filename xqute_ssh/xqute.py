@@ -80,6 +80,7 @@ class Xqute:
             jobname_prefix=jobname_prefix,
             **opts,
         )
+        self.scheduler.requeue = self._requeue
         self.jobs: list[Job] = []
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._active: list[Job] = []  # jobs taken from the queue, not yet ended
@@ -237,6 +238,13 @@ class Xqute:
         if self._submit_tasks:
             await asyncio.gather(*self._submit_tasks, return_exceptions=True)
         await self.scheduler.kill_running_jobs(self._active)
+
+    def _requeue(self, job: Job) -> None:
+        """A retried job gives its slot back and waits in the queue again."""
+        if job in self._active:
+            self._active.remove(job)
+            self._slot_changed.set()
+        self._queue.put_nowait(job)
 
     # ------------------------------------------------------------ consumers
     def _slot_free(self) -> bool:

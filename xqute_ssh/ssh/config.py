@@ -113,8 +113,9 @@ class HostConfig:
     def from_spec(cls, spec: str, **kwargs: Any) -> HostConfig:
         """Build a config from ``[user@]host[:port]`` (IPv6 as ``[addr]:port``).
 
-        Extra keyword arguments become the other fields.  A malformed entry
-        raises ConfigError naming it.
+        Extra keyword arguments become the other fields; a user or port in
+        the entry wins over ``user=``/``port=`` (the entry is more specific
+        than defaults).  A malformed entry raises ConfigError naming it.
         """
         if not isinstance(spec, str):
             raise ConfigError(f"invalid host entry {spec!r}: expected '[user@]host[:port]'")
@@ -126,9 +127,9 @@ class HostConfig:
         if m.group("port") is not None:
             port = _check_port(m.group("port"), f"host entry {spec!r}")
         if m.group("user") is not None:
-            kwargs.setdefault("user", m.group("user"))
+            kwargs["user"] = m.group("user")
         if port is not None:
-            kwargs.setdefault("port", port)
+            kwargs["port"] = port
         return cls(host=host, **kwargs)
 
     # ------------------------------------------------------------ derived
