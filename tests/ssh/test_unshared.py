@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -85,11 +86,11 @@ async def test_100mb_stdout_arrives_intact_without_growing_memory(sshd_cluster_f
 CONTROLLER = """
 import asyncio, json, sys
 from xqute_ssh import Xqute
-servers, workdir = json.loads(sys.argv[1]), sys.argv[2]
+servers, workdir, marker = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 async def main():
     xq = Xqute("ssh", forks=4, workdir=workdir, scheduler_opts={"servers": servers})
     for i in range(4):
-        await xq.feed(["bash", "-c", "echo started >> ~/xq-unshared-runs-$1; sleep 2; echo done", "_", str(i)])
+        await xq.feed(["bash", "-c", f"echo started >> {marker}$1; sleep 2; echo done", "_", str(i)])
     await xq.run_until_complete()
     print(json.dumps([j.status.name for j in xq.jobs]))
 asyncio.run(main())
@@ -102,13 +103,14 @@ async def test_restart_reattaches_unshared_jobs(sshd_cluster_factory, tmp_path: 
 
     cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
     host = cluster.hosts[0]
-    host.run(["sh", "-c", "rm -f ~/xq-unshared-runs-*"])
+    marker = f"/tmp/xq-unshared-runs-{os.getpid()}-{tmp_path.name}-"
+    host.run(["sh", "-c", f"rm -f {marker}*"])
     script = tmp_path / "ctl.py"
     script.write_text(CONTROLLER)
-    args = [sys.executable, str(script), json.dumps({"p": host.server_spec()}), str(workdir)]
+    args = [sys.executable, str(script), json.dumps({"p": host.server_spec()}), str(workdir), marker]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     async with asyncio.timeout(60):
-        while host.run(["sh", "-c", "cat ~/xq-unshared-runs-* 2>/dev/null | wc -l"]).stdout.strip() != "4":
+        while host.run(["sh", "-c", f"cat {marker}* 2>/dev/null | wc -l"]).stdout.strip() != "4":
             await asyncio.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -117,7 +119,8 @@ async def test_restart_reattaches_unshared_jobs(sshd_cluster_factory, tmp_path: 
         out, err = await second.communicate()
     assert second.returncode == 0, err.decode()
     assert json.loads(out.decode().splitlines()[-1]) == ["FINISHED"] * 4
-    counts = host.run(["sh", "-c", "cat ~/xq-unshared-runs-* | wc -l"]).stdout.strip()
+    counts = host.run(["sh", "-c", f"cat {marker}* | wc -l"]).stdout.strip()
+    host.run(["sh", "-c", f"rm -f {marker}*"])
     assert counts == "4", "a job ran twice"
     for i in range(4):
         assert read(workdir / str(i) / "job.stdout") == "done\n"

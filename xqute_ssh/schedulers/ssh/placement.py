@@ -74,6 +74,20 @@ class Placement:
         best.placed += 1
         return best
 
+    def pick_down(self, index: int, avoid: Collection[str] = ()) -> HostSlots | None:
+        """When no healthy host is left: a host in cool-down this job has not
+        tried yet (the one that went down first), so a brief outage seen by
+        other jobs does not fail this one untried."""
+        candidates = [
+            h for h in self.hosts.values() if h.free > 0 and h.name not in avoid
+        ]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda h: h.down_until)
+        best.running.add(index)
+        best.placed += 1
+        return best
+
     def hold(self, name: str, index: int) -> None:
         """Count a job found already running on ``name`` (re-attach)."""
         host = self.hosts.get(name)

@@ -31,7 +31,7 @@ from typing import Any
 import asyncssh
 
 from ... import fileio, staging
-from ...errors import ConfigError, JobSubmissionError, SshError
+from ...errors import ConfigError, JobSubmissionError, SshConnectionLost, SshError
 from ...job import Job
 from ...path import SpecPath
 from ...scheduler import Scheduler
@@ -253,7 +253,8 @@ class SshScheduler(Scheduler):
                 if h.name not in avoid and not h.is_down(time.monotonic())
             ]
             if not usable:
-                return None
+                slots = self.placement.pick_down(job.index, avoid=avoid)
+                return self.hosts[slots.name] if slots is not None else None
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -349,6 +350,7 @@ class SshScheduler(Scheduler):
     async def submit_job(self, job: Job) -> str:
         avoid: set[str] = set(job.extra.get("failed_hosts", ()))
         tried: set[str] = set()
+        lost_once: set[str] = set()
         errors: list[str] = []
         while True:
             host = await self._reserve(job, avoid | tried)
@@ -373,6 +375,12 @@ class SshScheduler(Scheduler):
                 adopted = await self._adopt_after_lost_launch(job, host, exc)
                 if adopted is not None:
                     return adopted
+                if isinstance(exc, SshConnectionLost) and host.name not in lost_once:
+                    # The connection dropped under us (sshd restarted, say):
+                    # the pool reconnects; try this host once more first.
+                    lost_once.add(host.name)
+                    logger.info("job %s: %s; trying %s again", job.index, exc, host.name)
+                    continue
                 # Unreachable, or unusable (auth, host key, no bash): skip it
                 # for a cool-down and try the next host.
                 self.placement.mark_down(host.name, str(exc))
