@@ -289,8 +289,9 @@ async def test_timeout_retires_session_and_pool_recovers(sshd_host) -> None:
             await pool.run("sleep 1", timeout=0.2)
         r = await pool.run("echo fresh")  # a new control session
         assert r.stdout == "fresh\n"
-        assert pool.stats().sessions == 2  # the retired one still drains
-        for _ in range(50):
+        # the retired one drains (already gone if the new one was slow to start)
+        assert pool.stats().sessions in (1, 2)
+        for _ in range(400):  # hang guard, 20 s
             if pool.stats().sessions == 1:
                 break
             await asyncio.sleep(0.05)
