@@ -452,6 +452,10 @@ class Scheduler(ABC):
             statuses = await self.refresh_job_statuses(active)
             for job, status in zip(active, statuses, strict=True):
                 await plugin.hooks.on_job_polling(self, job, polling_counter)
+                # A job being killed is ended by the kill itself, once its
+                # whole process group is gone, not by what its wrapper wrote.
+                if job.status == JobStatus.KILLING:
+                    continue
                 if status is not None and status != job.status:
                     await self._apply_status(job, status)
             if polling_counter % self.recheck_interval == 0:

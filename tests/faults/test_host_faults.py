@@ -96,3 +96,37 @@ async def test_network_cut_then_restored(sshd_cluster_factory, tmp_path: Path) -
     for i in range(30):
         assert read(counter / str(i)) == "x\n", f"job {i} ran twice"
     assert time.monotonic() - started < 170
+
+
+@pytest.mark.slow
+async def test_network_cut_for_good_fails_over(sshd_cluster_factory, tmp_path: Path) -> None:
+    """A host cut off for good: new jobs go to the other host within the
+    keepalive timeout; nothing hangs; every job runs exactly once."""
+    cluster = sshd_cluster_factory(n=2, netns=True)
+    counter = tmp_path / "runs"
+    counter.mkdir()
+    opts = {"servers": servers(cluster, forks=3, connect_timeout=2, connect_retries=0,
+                               keepalive_interval=1, keepalive_count_max=3, command_timeout=5),
+            "host_cooldown": 300, "lost_after": 5}
+    xq = Xqute("ssh", forks=6, workdir=tmp_path / "wd", error_strategy="retry",
+               num_retries=2, scheduler_opts=opts)
+    for i in range(24):
+        await xq.feed(counted_job(counter, i, 1))
+    victim = cluster.hosts[0]
+    cut_at: list[float] = []
+
+    async def cut() -> None:
+        await asyncio.sleep(2)
+        await asyncio.to_thread(victim.cut_network)
+        cut_at.append(time.monotonic())
+
+    task = asyncio.create_task(cut())
+    async with asyncio.timeout(150):
+        await xq.run_until_complete()
+    await task
+    assert {j.status for j in xq.jobs} == {JobStatus.FINISHED}
+    late = [j for j in xq.jobs if j.submitted_at and j.submitted_at > time.time() - (time.monotonic() - cut_at[0]) + 10]
+    assert all(parse_jid(j.jid)[0] == cluster.hosts[1].name for j in late)  # type: ignore[index]
+    for i in range(24):
+        # the shared filesystem still sees the cut host's jobs finish: none reran
+        assert read(counter / str(i)) == "x\n", f"job {i} ran twice"

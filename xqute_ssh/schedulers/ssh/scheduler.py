@@ -183,7 +183,7 @@ class SshScheduler(Scheduler):
         *args: Any,
         servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
         host_cooldown: float = 30.0,
-        lost_after: float = 60.0,
+        lost_after: float = 30.0,
         **kwargs: Any,
     ) -> None:
         server_defaults = {
