@@ -70,6 +70,7 @@ def reply(
 async def test_frame_quotes_snippet_and_uses_devnull_subshell() -> None:
     session, chan = fake_session()
     req = session._submit("echo 'a b'; exit 3")
+    await asyncio.sleep(0)  # requests of one loop iteration go out together
     frame = chan.frames[0]
     assert frame.startswith("( eval " + shlex.quote("echo 'a b'; exit 3") + " ) </dev/null;")
     assert frame.endswith(" >&2\n") and frame.count("\n") == 1
@@ -314,3 +315,13 @@ async def test_control_shell_killed_is_restarted(sshd_host) -> None:
             await pool.run("kill -9 $$; sleep 5")
         assert (await pool.run("echo again")).stdout == "again\n"
         assert pool.stats().connections == 1
+
+
+async def test_requests_of_one_iteration_share_one_write() -> None:
+    session, chan = fake_session()
+    reqs = [session._submit(f"echo {i}") for i in range(5)]
+    await asyncio.sleep(0)
+    assert len(chan.frames) == 1 and chan.frames[0].count("\n") == 5
+    for i, req in enumerate(reqs):
+        reply(session, req.seq, b"%d\n" % i, b"", rc=0)
+    assert [r.future.result().stdout for r in reqs] == [f"{i}\n" for i in range(5)]

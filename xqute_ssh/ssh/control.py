@@ -159,6 +159,8 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         self._err = _Stream("stderr")
         self._seq = 0
         self._inflight = 0
+        self._wbuf: list[bytes] = []
+        self._flush_scheduled = False
         self._error: SshError | None = None  # set once: every later request fails with it
         self._suspect = False
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -292,8 +294,19 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         self._out.waiting.append(req)
         self._err.waiting.append(req)
         self._inflight += 1
-        self._chan.write(frame.encode(_ENCODING, _ERRORS))
+        # Requests made in the same loop iteration go out in one channel
+        # write: one SSH packet (one encryption, one send) for many launches.
+        self._wbuf.append(frame.encode(_ENCODING, _ERRORS))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return req
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data, self._wbuf = b"".join(self._wbuf), []
+        if data and self._chan is not None and self._error is None:
+            self._chan.write(data)
 
     def _retire(self, why: str) -> None:
         """Stop accepting requests; close once drained or after the grace period."""

@@ -390,6 +390,10 @@ class SshdHost:
             ("PrintMotd", "no"),
             ("PrintLastLog", "no"),
             ("Subsystem", "sftp internal-sftp"),
+            # Tests kill logins mid-way (host stops, restarts); a login killed
+            # inside pyenv's rc-file rehash leaves its lock behind and every
+            # later login then waits 60 s for it.  Harmless elsewhere.
+            ("SetEnv", "PYENV_REHASH_TIMEOUT=1"),
         ]
         text = ["# written by xqute_ssh.testing; user lines come last (Match blocks)"]
         text += [f"{k} {v}" for k, v in defaults if k.lower() not in overridden]
