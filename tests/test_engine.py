@@ -417,3 +417,45 @@ async def test_missing_stage_out_fails_the_job(tmp_path: Path) -> None:
     await run(xq)
     assert job.status == JobStatus.FAILED
     assert "never-made.txt" in read(job.stderr_file.path)
+
+
+LOCAL_CONTROLLER = """
+import asyncio, json, sys
+from xqute_ssh import Xqute
+workdir, counter = sys.argv[1], sys.argv[2]
+async def main():
+    xq = Xqute(forks=4, workdir=workdir)
+    for i in range(4):
+        await xq.feed(["bash", "-c", f"echo x >> {counter}/{i}; sleep 1"])
+    await xq.run_until_complete()
+    print(json.dumps([j.status.name for j in xq.jobs]))
+asyncio.run(main())
+"""
+
+
+async def test_restart_keeps_results_of_jobs_that_ended_unwatched(tmp_path: Path) -> None:
+    """Controller SIGKILLed; its jobs end while nobody watches; a restart
+    takes their results instead of running them again.  A later normal
+    rerun of a finished workdir runs the jobs again."""
+    import json
+    import subprocess
+
+    script = tmp_path / "ctl.py"
+    script.write_text(LOCAL_CONTROLLER)
+    counter = tmp_path / "runs"
+    counter.mkdir()
+    args = [sys.executable, str(script), str(tmp_path / "wd"), str(counter)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async with asyncio.timeout(30):  # hang guard
+        while len(list(counter.iterdir())) < 4:
+            await asyncio.sleep(0.02)
+    first.kill()
+    first.wait()
+    async with asyncio.timeout(30):  # the orphaned jobs end by themselves
+        while not all((tmp_path / "wd" / str(i) / "job.rc").exists() for i in range(4)):
+            await asyncio.sleep(0.05)
+    for _ in range(2):
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert json.loads(out.stdout.splitlines()[-1]) == ["FINISHED"] * 4, out.stderr
+    # restart: results kept (1 run each); then a normal rerun: 2 runs each
+    assert [read(counter / str(i)) for i in range(4)] == ["x\nx\n"] * 4

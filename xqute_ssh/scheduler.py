@@ -12,6 +12,7 @@ override ``job_class`` and call ``await post_init()`` themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -243,6 +244,11 @@ class Scheduler(ABC):
         if old != new_status:
             logger.debug("job %s: %s -> %s", job.index, old.name, new_status.name)
 
+        if new_status.is_terminal and old != new_status:
+            # Seen to end: a restarted controller must not take it for an
+            # attempt that ended unobserved (see ended_unobserved).
+            with contextlib.suppress(OSError):
+                await fileio.unlink(job.metadir / "job.pid")
         if new_status == JobStatus.QUEUED:
             job._started_hook_done = False
             await plugin.hooks.on_job_queued(self, job)
@@ -293,29 +299,58 @@ class Scheduler(ABC):
 
     # ------------------------------------------------------------ submission
     async def job_is_submitted_or_running(self, job: Job) -> bool:
-        """Whether the job is already running from an earlier controller.
+        """Whether an earlier controller already started this job.
 
-        A job id on disk whose process is still alive means a previous run
-        started it: re-attach to it instead of starting it twice.
+        Its job id is on disk and its process (pid and start time) still
+        runs: re-attach instead of starting it twice.  It ended while no
+        controller watched (its job.pid is still there: a controller that
+        sees a job end removes it): take the result as it is.  A host that
+        cannot be asked now: re-attach too, and let lost-job detection
+        decide, rather than risk running the job twice.
         """
         jid = await self.recover_jid(job, await job.get_jid())
         if not jid:
             return False
         try:
             alive = await self.job_is_running(job)
-        except Exception as exc:  # a host that is down: cannot tell, so start anew
-            logger.warning("job %s: cannot check job id %s: %s", job.index, jid, exc)
+        except Exception as exc:
+            logger.warning(
+                "job %s: cannot check job id %s now (%s); re-attaching and "
+                "watching it", job.index, jid, exc,
+            )
+            await self.transition_job_status(job, JobStatus.SUBMITTED)
+            return True
+        if alive:
+            status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+            if status is None or not status.is_active:
+                status = JobStatus.SUBMITTED
+            logger.info("job %s: re-attached to %s, still running", job.index, jid)
+            await self.transition_job_status(job, JobStatus.SUBMITTED)
+            if status != JobStatus.SUBMITTED:
+                await self.transition_job_status(job, status)
+            return True
+        ended = await self.ended_unobserved(job)
+        if ended is None:
             return False
-        if not alive:
-            return False
-        status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
-        if status is None or not status.is_active:
-            status = JobStatus.SUBMITTED
-        logger.info("job %s: re-attached to %s, still running", job.index, jid)
+        logger.info(
+            "job %s: ended (%s) while no controller was watching; result kept",
+            job.index, ended.name,
+        )
         await self.transition_job_status(job, JobStatus.SUBMITTED)
-        if status != JobStatus.SUBMITTED:
-            await self.transition_job_status(job, status)
+        await self._apply_status(job, ended)
         return True
+
+    async def ended_unobserved(self, job: Job) -> JobStatus | None:
+        """The final status of an attempt that ended with no controller
+        watching, or None.  Shared filesystem: job.pid still there and a
+        final status in job.status."""
+        pid_text, status_text = await fileio.read_many(
+            [job.metadir / "job.pid", job.status_file]
+        )
+        status = JobStatus.parse(status_text or "")
+        if pid_text and status is not None and status.is_terminal:
+            return status
+        return None
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         """The job id of an attempt an earlier controller started, if any.

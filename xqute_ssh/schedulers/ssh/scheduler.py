@@ -456,6 +456,22 @@ class SshScheduler(Scheduler):
             jid = f"{host.name}:{parts[0]}:{parts[1]}" if len(parts) >= 2 else None
         return await super().recover_jid(job, jid)
 
+    async def ended_unobserved(self, job: Job) -> JobStatus | None:
+        parsed = parse_jid(job.jid)
+        host = self.hosts.get(parsed[0]) if parsed else None
+        if host is None or host.shared is not False:
+            return await super().ended_unobserved(job)
+        job_dir = host.job_dir(job.index)
+        reply = await host.run(
+            f"[ -e {shlex.quote(job_dir + '/job.pid')} ] && "
+            f"cat -- {shlex.quote(job_dir + '/job.status')} 2>/dev/null"
+        )
+        status = JobStatus.parse(reply.stdout)
+        if status is None or not status.is_terminal:
+            return None
+        job.extra["host"] = host.name
+        return status if await self._fetch(job, host) else None
+
     async def job_is_submitted_or_running(self, job: Job) -> bool:
         running = await super().job_is_submitted_or_running(job)
         if running:
@@ -566,8 +582,9 @@ class SshScheduler(Scheduler):
                 job, host, job_dir
             )
         status = await fileio.to_thread(_write_end, job, fetched.rc)
-        if not host.spec.keep_remote:
-            host.pending_rm.append(job_dir)
+        # Fetched: remove the directory (or at least job.pid, which would
+        # otherwise say "ended with nobody watching" to a later controller).
+        host.pending_rm.append(job_dir + "/job.pid" if host.spec.keep_remote else job_dir)
         return status
 
     async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
