@@ -22,6 +22,7 @@ import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 from . import fileio
@@ -129,27 +130,27 @@ class Job:
         return f"<Job {self.index} {self._status.name}{jid}: {self.strcmd[:60]}>"
 
     # ------------------------------------------------------------ files
-    @property
+    @cached_property
     def stdout_file(self) -> SpecPath:
         return self.metadir / "job.stdout"
 
-    @property
+    @cached_property
     def stderr_file(self) -> SpecPath:
         return self.metadir / "job.stderr"
 
-    @property
+    @cached_property
     def status_file(self) -> SpecPath:
         return self.metadir / "job.status"
 
-    @property
+    @cached_property
     def rc_file(self) -> SpecPath:
         return self.metadir / "job.rc"
 
-    @property
+    @cached_property
     def jid_file(self) -> SpecPath:
         return self.metadir / "job.jid"
 
-    @property
+    @cached_property
     def cmd_file(self) -> SpecPath:
         """``job.cmd``: the command as JSON (a list, or a string of shell code).
 
@@ -158,7 +159,7 @@ class Job:
         """
         return self.metadir / "job.cmd"
 
-    @property
+    @cached_property
     def retry_dir(self) -> SpecPath:
         return self.metadir / "job.retry"
 

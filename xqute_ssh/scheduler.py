@@ -116,6 +116,7 @@ class Scheduler(ABC):
         #: poller looks now instead of at the next interval.
         self.wakeup = asyncio.Event()
         self._post_init_done = False
+        self._seen_ends: list[SpecPath] = []
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
 
@@ -131,8 +132,12 @@ class Scheduler(ABC):
         """
         self._post_init_done = True
 
-    async def shutdown(self) -> None:  # noqa: B027 (optional for backends)
-        """Release what the backend holds (connections, watchers); idempotent."""
+    async def shutdown(self) -> None:
+        """Release what the backend holds (connections, watchers); idempotent.
+
+        Backends extend it and call ``await super().shutdown()``.
+        """
+        await self.flush_seen_ends()
 
     # ----------------------------------------------------------------- jobs
     def create_job(
@@ -246,9 +251,9 @@ class Scheduler(ABC):
 
         if new_status.is_terminal and old != new_status:
             # Seen to end: a restarted controller must not take it for an
-            # attempt that ended unobserved (see ended_unobserved).
-            with contextlib.suppress(OSError):
-                await fileio.unlink(job.metadir / "job.pid")
+            # attempt that ended unobserved (see ended_unobserved).  Removed
+            # in one batch per poll cycle (flush_seen_ends).
+            self._seen_ends.append(job.metadir / "job.pid")
         if new_status == JobStatus.QUEUED:
             job._started_hook_done = False
             await plugin.hooks.on_job_queued(self, job)
@@ -284,6 +289,13 @@ class Scheduler(ABC):
                     )
                     self.halted = True
                     self.wakeup.set()
+
+    async def flush_seen_ends(self) -> None:
+        """Remove the job.pid of jobs seen to end, in one worker-thread hop."""
+        if self._seen_ends:
+            paths, self._seen_ends = self._seen_ends, []
+            with contextlib.suppress(OSError):
+                await fileio.unlink_many(paths)
 
     async def _fire_started(self, job: Job) -> None:
         if not job._started_hook_done:
@@ -501,6 +513,7 @@ class Scheduler(ABC):
                         if j.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
                     ]
                 )
+        await self.flush_seen_ends()
         for job in jobs:
             if job._retry_pending and not self.halted:
                 await self.retry_job(job)

@@ -181,6 +181,7 @@ class LocalScheduler(Scheduler):
         await wait_pid_gone(pid, 5)
 
     async def shutdown(self) -> None:
+        await super().shutdown()
         for task in list(self._watchers):
             task.cancel()
         if self._watchers:

@@ -227,6 +227,8 @@ class SshScheduler(Scheduler):
         )
 
     async def shutdown(self) -> None:
+        await super().shutdown()
+
         async def flush(host: _Host) -> None:
             if host.pending_rm:
                 remove, host.pending_rm = host.pending_rm, []
@@ -364,11 +366,10 @@ class SshScheduler(Scheduler):
                 script = job.wrapped_script_file(self.name)
                 text = self._render_for(job, host)
                 # On a host without the workdir this local copy is for reading
-                # only; the script travels inside the launch request.
-                await fileio.write_text(script, text, mode=0o700)
-                # "<server>:" says where the job goes before it exists: if we
-                # die before its pid is recorded, a restart finds it there.
-                await job.set_jid(f"{host.name}:")
+                # only; the script travels inside the launch request.  The
+                # job id "<server>:" says where the job goes before it exists:
+                # if we die before its pid is recorded, a restart finds it.
+                await fileio.to_thread(_write_script_and_jid, job, script, text, host.name)
                 reply = await host.run(self._launch_request(job, host, text))
             except SshError as exc:
                 self.placement.release(host.name, job.index)
@@ -686,3 +687,10 @@ def _write_end(job: Job, rc: str) -> bool:
     status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
     fileio.write_text_sync(job.status_file, f"{int(status)}\n")
     return True
+
+
+def _write_script_and_jid(job: Job, script: SpecPath, text: str, host: str) -> None:
+    """One worker-thread hop for the two writes before a launch."""
+    fileio.write_text_sync(script, text, mode=0o700)
+    fileio.write_text_sync(job.jid_file, f"{host}:\n")
+    job._jid = f"{host}:"
