@@ -31,7 +31,13 @@ from typing import Any
 import asyncssh
 
 from ... import fileio, staging
-from ...errors import ConfigError, JobSubmissionError, SshConnectionLost, SshError
+from ...errors import (
+    ConfigError,
+    JobSubmissionError,
+    SshConnectionLost,
+    SshError,
+    SshPoolClosed,
+)
 from ...job import Job
 from ...path import SpecPath
 from ...scheduler import Scheduler
@@ -371,6 +377,9 @@ class SshScheduler(Scheduler):
                 # if we die before its pid is recorded, a restart finds it.
                 await fileio.to_thread(_write_script_and_jid, job, script, text, host.name)
                 reply = await host.run(self._launch_request(job, host, text))
+            except SshPoolClosed:
+                self.placement.release(host.name, job.index)
+                raise  # shutting down: no other host will do either
             except SshError as exc:
                 self.placement.release(host.name, job.index)
                 adopted = await self._adopt_after_lost_launch(job, host, exc)
