@@ -93,38 +93,38 @@ class Fetched:
 
 
 def fetch_small(job_dir: str) -> tuple[str, str]:
-    """One round trip: rc, and stdout/stderr when small, split by a nonce."""
+    """One round trip: rc, output sizes, and the outputs when small.
+
+    Three processes on the host (the size query, its subshell, one cat); the
+    reply is "<rc> <out bytes> <err bytes> small|big", the nonce, then stdout
+    and stderr back to back, split by the sizes.
+    """
     mark = "xq-" + secrets.token_hex(16)
-    d = job_dir
-    out, err, rc = _q(d + "/job.stdout"), _q(d + "/job.stderr"), _q(d + "/job.rc")
+    out, err, rc = (_q(f"{job_dir}/{n}") for n in ("job.stdout", "job.stderr", "job.rc"))
     snippet = (
-        # wc -c on a redirected regular file asks its size (fstat), reads nothing
-        f"a=$(wc -c < {out} 2>/dev/null) || a=0; "
-        f"b=$(wc -c < {err} 2>/dev/null) || b=0; "
-        "sz=$((a + b)); "
-        f'small=; [ "$sz" -le {SMALL_OUTPUT} ] && small=1; '
-        "if [ -n \"$small\" ]; then printf 'small\\n'; else printf 'big\\n'; fi; "
-        f"cat -- {rc} 2>/dev/null; printf '\\n{mark}\\n'; "
-        f'if [ -n "$small" ]; then cat -- {out} 2>/dev/null; '
-        f"printf '\\n{mark}\\n'; cat -- {err} 2>/dev/null; fi"
+        f"rc=; read -r rc < {rc}; : >> {out}; : >> {err}; "
+        f"sz=$(stat -c %s -- {out} {err} 2>/dev/null) || sz='0 0'; set -- $sz; "
+        f'if [ $(($1 + $2)) -le {SMALL_OUTPUT} ]; then k=small; else k=big; fi; '
+        f"printf '%s %s %s %s\\n{mark}\\n' \"$rc\" \"$1\" \"$2\" \"$k\"; "
+        f'[ "$k" = small ] && cat -- {out} {err} 2>/dev/null; :'
     )
     return snippet, mark
 
 
 def parse_fetch(text: str, mark: str) -> Fetched | None:
     """Split a fetch reply; None when it is not one (the directory is gone)."""
-    head, sep, rest = text.partition("\n")
-    if not sep or head not in ("small", "big"):
+    head, sep, rest = text.partition(f"\n{mark}\n")
+    fields = head.split()
+    if not sep or len(fields) != 4 or fields[3] not in ("small", "big"):
         return None
-    sep_mark = f"\n{mark}\n"
-    parts = rest.split(sep_mark)
-    rc = parts[0].strip()
-    if head == "big":
+    rc, n_out, n_err, kind = fields
+    if kind == "big":
         return Fetched(rc=rc, stdout=None, stderr=None)
-    if len(parts) != 3:
+    data = rest.encode("utf-8", "surrogateescape")
+    try:
+        size_out, size_err = int(n_out), int(n_err)
+    except ValueError:
         return None
-    return Fetched(
-        rc=rc,
-        stdout=parts[1].encode("utf-8", "surrogateescape"),
-        stderr=parts[2].encode("utf-8", "surrogateescape"),
-    )
+    if len(data) != size_out + size_err:
+        return None  # still being written: try again next cycle
+    return Fetched(rc=rc, stdout=data[:size_out], stderr=data[size_out:])
