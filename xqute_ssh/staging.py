@@ -41,15 +41,19 @@ class StageOut:
     dest: Path | None  # None: the same relative path under the job's metadir
 
 
-def parse_stage_in(spec: StageSpec | None) -> list[StageIn]:
-    """Check every source exists (ConfigError naming it) and resolve it."""
+def _pairs(spec: StageSpec | None) -> list[tuple[Any, Any]]:
+    """``[a, b]`` -> ``[(a, None), (b, None)]``; ``{a: x}`` -> ``[(a, x)]``."""
     if not spec:
         return []
-    pairs: list[tuple[Any, Any]] = (
-        list(spec.items()) if isinstance(spec, Mapping) else [(s, None) for s in spec]
-    )
+    if isinstance(spec, Mapping):
+        return list(spec.items())
+    return [(item, None) for item in spec]
+
+
+def parse_stage_in(spec: StageSpec | None) -> list[StageIn]:
+    """Check every source exists (ConfigError naming it) and resolve it."""
     out = []
-    for source, dest in pairs:
+    for source, dest in _pairs(spec):
         path = Path(source).expanduser().resolve()
         if not path.exists():
             raise ConfigError(f"stage_in: {str(source)!r} does not exist")
@@ -60,13 +64,8 @@ def parse_stage_in(spec: StageSpec | None) -> list[StageIn]:
 
 
 def parse_stage_out(spec: StageSpec | None) -> list[StageOut]:
-    if not spec:
-        return []
-    pairs: list[tuple[Any, Any]] = (
-        list(spec.items()) if isinstance(spec, Mapping) else [(s, None) for s in spec]
-    )
     out = []
-    for source, dest in pairs:
+    for source, dest in _pairs(spec):
         text = str(source)
         if not text.strip():
             raise ConfigError("stage_out: an empty path")
