@@ -48,7 +48,11 @@ def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
         target.write_text(text)
         return
     data = text.encode("utf-8", "surrogateescape")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    except FileNotFoundError:  # a job's metadir is made lazily
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
@@ -63,6 +67,7 @@ def append_text_sync(path: PathArg, text: str) -> None:
         old = target.read_text() if target.exists() else ""
         target.write_text(old + text)
         return
+    target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "a", encoding="utf-8", errors="surrogateescape") as fh:
         fh.write(text)
 
@@ -70,6 +75,24 @@ def append_text_sync(path: PathArg, text: str) -> None:
 def unlink_sync(path: PathArg) -> None:
     with contextlib.suppress(FileNotFoundError):
         _p(path).unlink()
+
+
+def write_bytes_sync(path: PathArg, data: bytes) -> None:
+    target = _p(path)
+    if isinstance(target, CloudPath):
+        target.write_bytes(data)
+        return
+    with open(target, "wb") as fh:
+        fh.write(data)
+
+
+def upload_sync(local: Path, dest: PathArg) -> None:
+    """Copy a local file to ``dest`` (local or cloud), streamed, not in memory."""
+    target = _p(dest)
+    if isinstance(target, CloudPath):
+        target.upload_from(local, force_overwrite_to_cloud=True)
+    else:
+        shutil.copyfile(local, target)
 
 
 def move_sync(src: PathArg, dst: PathArg) -> None:

@@ -271,6 +271,7 @@ class Job:
         One worker-thread hop per submission instead of several: submission
         is on the hot path when thousands of short jobs run.
         """
+        fileio.mkdir_sync(self.metadir)
         for f in self._attempt_files():
             fileio.unlink_sync(f)
         fileio.write_text_sync(self.cmd_file, self.cmd_json())

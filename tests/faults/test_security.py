@@ -116,3 +116,24 @@ def test_key_file_with_open_permissions_is_refused(tmp_path: Path) -> None:
     key.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         SshScheduler(workdir=tmp_path, servers={"h": {"host": "127.0.0.1", "keyfile": str(key)}})
+
+
+async def test_key_passphrase_works_and_never_leaks(sshd_cluster, tmp_path: Path, caplog) -> None:
+    import subprocess
+
+    caplog.set_level(logging.DEBUG)
+    key = tmp_path / "id_pass"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", SECRET, "-f", str(key)], check=True)
+    with open(sshd_cluster.authorized_keys, "a") as fh:
+        fh.write(key.with_suffix(".pub").read_text())
+    host = sshd_cluster.hosts[0]
+    spec = {**host.server_spec(), "keyfile": str(key), "connect_options": {"passphrase": SECRET}}
+    xq = Xqute("ssh", workdir=tmp_path / "wd", scheduler_opts={"servers": {"h": spec}})
+    job = await xq.feed(["echo", "in"])
+    await run(xq)
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    assert SECRET not in caplog.text
+    assert SECRET not in repr(xq.scheduler.servers[0].config)
+    for path in (tmp_path / "wd").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import fileio
-from ..errors import ConfigError, JobSubmissionError
+from ..errors import JobSubmissionError
 from ..job import Job
 from ..scheduler import Scheduler, logger
+from ..status import JobStatus
+from ..wrapper import WrapperSpec
 
 
 def _open_outputs(stdout: str, stderr: str) -> tuple[int, int]:
@@ -73,19 +78,43 @@ class LocalScheduler(Scheduler):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if self.workdir.is_cloud:
-            raise ConfigError(
-                f"the local scheduler needs a local workdir, not {str(self.workdir)!r}"
-            )
         self._watchers: set[asyncio.Task[None]] = set()
         self._exit_codes: dict[int, int] = {}
+        #: With a cloud workdir, jobs run in a local mirror directory and
+        #: their files are copied to the workdir as they change.
+        self.mirror: Path | None = None
+        if self.workdir.is_cloud:
+            self.mirror = mirror_dir(str(self.workdir.path))
+
+    # --------------------------------------------------------- run directory
+    def run_dir(self, job: Job) -> Path:
+        """Where the job's wrapper writes its files on this machine."""
+        if self.mirror is not None:
+            return self.mirror / str(job.index)
+        return Path(str(job.metadir.path))
+
+    def wrapper_spec(self, job: Job) -> WrapperSpec:
+        spec = super().wrapper_spec(job)
+        if self.mirror is not None:
+            spec.metadir = str(self.mirror)
+            spec.job_metadir = str(self.run_dir(job))
+        return spec
 
     async def submit_job(self, job: Job) -> str:
         job.extra.pop("wrapper_exited", None)
         await self.stage_job_in(job)
-        script = await self.wrapped_job_script(job)
+        if self.mirror is None:
+            script = Path(str(await self.wrapped_job_script(job)))
+        else:
+            # The script and the job's files live in the mirror; the workdir
+            # gets a copy of the script for the record.
+            script = self.run_dir(job) / job.wrapped_script_file(self.name).name
+            text = self.wrap_job_script(job)
+            await asyncio.to_thread(_prepare_mirror, self.run_dir(job), script, text)
+            await fileio.write_text(job.wrapped_script_file(self.name), text)
+        run_dir = self.run_dir(job)
         out, err = await asyncio.to_thread(
-            _open_outputs, str(job.stdout_file), str(job.stderr_file)
+            _open_outputs, str(run_dir / "job.stdout"), str(run_dir / "job.stderr")
         )
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -117,7 +146,7 @@ class LocalScheduler(Scheduler):
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         if not jid:
-            text = await fileio.read_text(job.metadir / "job.pid")
+            text = await fileio.read_text(self.run_dir(job) / "job.pid")
             jid = text.split()[0] if text and text.split() else None
         return await super().recover_jid(job, jid)
 
@@ -138,7 +167,9 @@ class LocalScheduler(Scheduler):
             return False
         # A reused pid runs something else: it must be this job's wrapper.
         # An empty cmdline is a process still inside execve (just started).
-        script = os.fsencode(str(job.wrapped_script_file(self.name)))
+        script = os.fsencode(
+            str(self.run_dir(job) / job.wrapped_script_file(self.name).name)
+        )
         return proc[1] == b"" or script in proc[1]
 
     async def jobs_fail_before_running(self, jobs: list[Job]) -> list[bool]:  # type: ignore[override]
@@ -163,7 +194,43 @@ class LocalScheduler(Scheduler):
             await self._check_lost(exited)
         return done
 
+    # ------------------------------------------------- cloud workdir mirror
+    async def refresh_job_statuses(self, jobs: Sequence[Job]) -> list[JobStatus | None]:
+        """With a cloud workdir: read the mirror, and copy a job's files to
+        the workdir when its status changes (all of them once it ended)."""
+        if self.mirror is None:
+            return await super().refresh_job_statuses(jobs)
+        texts = await fileio.read_many([self.run_dir(j) / "job.status" for j in jobs])
+        statuses = [JobStatus.parse(t) if t is not None else None for t in texts]
+        for job, status in zip(jobs, statuses, strict=True):
+            if status is None or status == job.status:
+                continue
+            if status.is_terminal:
+                await asyncio.to_thread(_sync_end, self.run_dir(job), job)
+            elif status == JobStatus.RUNNING:
+                await fileio.write_text(job.status_file, f"{int(status)}\n")
+        return statuses
+
+    async def ended_unobserved(self, job: Job) -> JobStatus | None:
+        if self.mirror is None:
+            return await super().ended_unobserved(job)
+        run_dir = self.run_dir(job)
+        pid_text, status_text = await fileio.read_many(
+            [run_dir / "job.pid", run_dir / "job.status"]
+        )
+        status = JobStatus.parse(status_text or "")
+        if pid_text and status is not None and status.is_terminal:
+            await asyncio.to_thread(_sync_end, run_dir, job)
+            return status
+        return None
+
     async def kill_job(self, job: Job) -> None:
+        await self._kill(job)
+        if self.mirror is not None:
+            # What the job wrote before it died goes to the workdir too.
+            await asyncio.to_thread(_sync_end, self.run_dir(job), job)
+
+    async def _kill(self, job: Job) -> None:
         pid = self._pid(job)
         if pid is None or not await self.job_is_running(job):
             return
@@ -186,3 +253,33 @@ class LocalScheduler(Scheduler):
             task.cancel()
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def mirror_dir(workdir: str) -> Path:
+    """``~/.cache/xqute-ssh/local/<key>``: one mirror per cloud workdir."""
+    key = hashlib.sha256(workdir.encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "xqute-ssh" / "local" / key
+
+
+def _prepare_mirror(run_dir: Path, script: Path, text: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in ("job.pid", "job.status", "job.rc", "job.stdout", "job.stderr"):
+        fileio.unlink_sync(run_dir / name)
+    fileio.write_text_sync(script, text, mode=0o700)
+
+
+def _sync_end(run_dir: Path, job: Job) -> None:
+    """Copy an ended (or killed) job's files to the workdir, streamed; the
+    status goes last, so a reader never sees an end without its rc and
+    output.  The mirror directory goes once all is copied."""
+    if not run_dir.exists():
+        return
+    for name, dest in (
+        ("job.stdout", job.stdout_file),
+        ("job.stderr", job.stderr_file),
+        ("job.rc", job.rc_file),
+        ("job.status", job.status_file),
+    ):
+        if (run_dir / name).exists():
+            fileio.upload_sync(run_dir / name, dest)
+    shutil.rmtree(run_dir, ignore_errors=True)

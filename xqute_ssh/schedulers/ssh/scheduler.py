@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import shlex
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -200,13 +202,18 @@ class SshScheduler(Scheduler):
         if "forks_per_server" in kwargs:
             server_defaults["forks"] = kwargs.pop("forks_per_server")
         super().__init__(*args, **kwargs)
-        if self.workdir.is_cloud:
-            raise ConfigError(
-                "cloud workdirs are not supported by the ssh scheduler yet; "
-                "use a workdir on a filesystem the hosts share"
-            )
         server_defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
         self.servers = parse_servers(servers, server_defaults)
+        if self.workdir.is_cloud:
+            # No host mounts a bucket: jobs run in remote job directories and
+            # their files are copied into the cloud workdir as they end.
+            for i, spec in enumerate(self.servers):
+                if spec.shared_fs is True:
+                    raise ConfigError(
+                        f"server {spec.name!r}: shared_fs=True, but the workdir "
+                        f"{self.workdir} is in cloud storage"
+                    )
+                self.servers[i] = dataclasses.replace(spec, shared_fs=False)
         self.hosts: dict[str, _Host] = {
             s.name: _Host(s, self.workdir) for s in self.servers
         }
@@ -598,14 +605,22 @@ class SshScheduler(Scheduler):
         return status
 
     async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
-        """Large outputs: SFTP straight into the local files, in chunks."""
+        """Large outputs: SFTP straight into the local files, in chunks (a
+        cloud workdir: into a temporary file first, then uploaded)."""
         async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-            for name, local in (
+            for name, dest in (
                 ("job.stdout", job.stdout_file),
                 ("job.stderr", job.stderr_file),
             ):
-                if await sftp.exists(f"{job_dir}/{name}"):
+                if not await sftp.exists(f"{job_dir}/{name}"):
+                    continue
+                if not dest.is_cloud:
+                    await sftp.get(f"{job_dir}/{name}", str(dest))
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(tmp) / name
                     await sftp.get(f"{job_dir}/{name}", str(local))
+                    await fileio.to_thread(fileio.upload_sync, local, dest)
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
         """One round trip per host for all of its active jobs."""
@@ -681,9 +696,8 @@ class SshScheduler(Scheduler):
 
 
 def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:
-    for path, data in ((job.stdout_file, stdout), (job.stderr_file, stderr)):
-        with open(str(path), "wb") as fh:
-            fh.write(data)
+    fileio.write_bytes_sync(job.stdout_file, stdout)
+    fileio.write_bytes_sync(job.stderr_file, stderr)
 
 
 def _write_end(job: Job, rc: str) -> bool:
