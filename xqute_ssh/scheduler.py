@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -614,5 +614,3 @@ def _list(value: Any) -> list[str]:
 def _join(parts: Any) -> str:
     return "\n".join(p.rstrip("\n") for p in _list(parts) if p and p.strip())
 
-
-OnJob = Callable[[Job], Awaitable[None]]

@@ -124,3 +124,35 @@ async def test_restart_reattaches_unshared_jobs(sshd_cluster_factory, tmp_path: 
     assert counts == "4", "a job ran twice"
     for i in range(4):
         assert read(workdir / str(i) / "job.stdout") == "done\n"
+
+
+async def test_stage_in_and_out_over_ssh(sshd_cluster_factory, tmp_path: Path) -> None:
+    """GNU parallel's --transfer / --return: names with spaces and quotes."""
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    data = tmp_path / "in 'put' \"x\".txt"
+    data.write_bytes(b"line1\n\xff\n")
+    folder = tmp_path / "a dir"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f g").write_text("deep\n")
+    result = tmp_path / "results" / "back 'here'.txt"
+    xq = Xqute("ssh", workdir=workdir, scheduler_opts={"servers": {"p": cluster.hosts[0].server_spec()}})
+    job = await xq.feed(
+        ["bash", "-c", 'cat "$1" "a dir/sub/f g" > "out put.txt"; pwd > where', "_", data.name],
+        stage_in=[data, folder],
+        stage_out={"out put.txt": str(result)},
+    )
+    await run(xq)
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    assert result.read_bytes() == b"line1\n\xff\ndeep\n"
+
+
+async def test_stage_out_missing_fails_the_job_over_ssh(sshd_cluster_factory, tmp_path: Path) -> None:
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    keep = tmp_path / "keep.txt"
+    keep.write_text("already here\n")
+    xq = Xqute("ssh", workdir=workdir, scheduler_opts={"servers": {"p": cluster.hosts[0].server_spec()}})
+    job = await xq.feed(["true"], stage_out={"never made": str(keep)})
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    assert "never made" in read(job.stderr_file.path)
+    assert keep.read_text() == "already here\n"

@@ -79,7 +79,6 @@ class LocalScheduler(Scheduler):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._watchers: set[asyncio.Task[None]] = set()
-        self._exit_codes: dict[int, int] = {}
         #: With a cloud workdir, jobs run in a local mirror directory and
         #: their files are copied to the workdir as they change.
         self.mirror: Path | None = None
@@ -138,7 +137,6 @@ class LocalScheduler(Scheduler):
 
     async def _watch(self, job: Job, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        self._exit_codes[proc.pid] = code
         if job.jid == str(proc.pid) and job.status.is_active:
             # Look now for lost jobs too: the wrapper is gone.
             job.extra["wrapper_exited"] = code
