@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cloudpathlib import CloudPath
+from cloudpathlib.exceptions import CloudPathNotExistsError
 
 from .path import AnyPathLike, SpecPath
 
@@ -30,10 +32,29 @@ def _p(path: PathArg) -> AnyPathLike:
 
 def read_text_sync(path: PathArg) -> str | None:
     """The file's text, or None when it does not exist."""
+    target = _p(path)
     try:
-        return _p(path).read_text(encoding="utf-8", errors="surrogateescape")
+        if isinstance(target, CloudPath):
+            return _read_cloud(target)
+        return target.read_text(encoding="utf-8", errors="surrogateescape")
     except (FileNotFoundError, IsADirectoryError):
         return None
+
+
+def _read_cloud(path: CloudPath) -> str:
+    """Always the object's current content.
+
+    cloudpathlib's local cache trusts modification times, which object stores
+    keep to the second: a file rewritten within the same second (SUBMITTED
+    then FINISHED) could be served stale.  Status files are tiny: download.
+    """
+    with tempfile.TemporaryDirectory(prefix="xqute-ssh-") as tmp:
+        local = Path(tmp) / "f"
+        try:
+            path.download_to(local)
+        except CloudPathNotExistsError:
+            raise FileNotFoundError(str(path)) from None
+        return local.read_text(encoding="utf-8", errors="surrogateescape")
 
 
 def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
@@ -64,8 +85,7 @@ def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
 def append_text_sync(path: PathArg, text: str) -> None:
     target = _p(path)
     if isinstance(target, CloudPath):
-        old = target.read_text() if target.exists() else ""
-        target.write_text(old + text)
+        target.write_text((read_text_sync(target) or "") + text)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "a", encoding="utf-8", errors="surrogateescape") as fh:

@@ -16,7 +16,11 @@ async def run(xq: Xqute, timeout: float = 120) -> None:
 
 
 def text(path: Any) -> str:
-    return CloudPath(str(path)).read_text()
+    from xqute_ssh.fileio import read_text_sync
+
+    content = read_text_sync(CloudPath(str(path)))
+    assert content is not None, f"{path} is missing"
+    return content
 
 
 async def test_local_scheduler_with_s3_workdir(s3_workdir: str) -> None:
