@@ -115,7 +115,6 @@ class Scheduler(ABC):
         #: Set by backends when something changed (a local job exited) so the
         #: poller looks now instead of at the next interval.
         self.wakeup = asyncio.Event()
-        self._post_init_done = False
         self._seen_ends: list[SpecPath] = []
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
@@ -130,7 +129,7 @@ class Scheduler(ABC):
 
         Subclasses extend it and call ``await super().post_init()``.
         """
-        self._post_init_done = True
+        return None
 
     async def shutdown(self) -> None:
         """Release what the backend holds (connections, watchers); idempotent.
