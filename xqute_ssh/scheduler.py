@@ -279,15 +279,19 @@ class Scheduler(ABC):
                 )
                 job._retry_pending = True
             else:
-                logger.info("job %s failed", job.index)
-                await plugin.hooks.on_job_failed(self, job)
-                if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
-                    logger.error(
-                        "job %s failed and error_strategy is 'halt': stopping the run",
-                        job.index,
-                    )
-                    self.halted = True
-                    self.wakeup.set()
+                await self._fail_finally(job)
+
+    async def _fail_finally(self, job: Job) -> None:
+        """A failure that is final: hooks, then halt if the strategy says so."""
+        logger.info("job %s failed", job.index)
+        await plugin.hooks.on_job_failed(self, job)
+        if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
+            logger.error(
+                "job %s failed and error_strategy is 'halt': stopping the run",
+                job.index,
+            )
+            self.halted = True
+            self.wakeup.set()
 
     async def flush_seen_ends(self) -> None:
         """Remove the job.pid of jobs seen to end, in one worker-thread hop."""
@@ -410,7 +414,16 @@ class Scheduler(ABC):
                 persist=True,
             )
             return
-        await job.set_jid(jid)
+        try:
+            await job.set_jid(jid)
+        except OSError as exc:
+            # The job runs already: keep tracking it by the id held in memory.
+            # Only a restarted controller loses the id (it then falls back on
+            # job.pid, which the wrapper writes itself).
+            logger.error(
+                "job %s: started as %s but cannot record its job id in %s: %s",
+                job.index, jid, job.metadir, exc.strerror or exc,
+            )
         await self.transition_job_status(job, JobStatus.SUBMITTED)
         self.wakeup.set()
 
@@ -421,7 +434,18 @@ class Scheduler(ABC):
         poller never waits for a slot that only the poller can free.
         """
         job._retry_pending = False
-        await job.clean(retry=True)
+        try:
+            await job.clean(retry=True)
+        except OSError as exc:
+            # Retrying would overwrite the failed attempt's files, which
+            # could not be set aside: keep them and let the failure stand.
+            logger.error(
+                "job %s: cannot archive the failed attempt in %s (%s); "
+                "not retried, its files are kept as they are",
+                job.index, job.retry_dir, exc.strerror or exc,
+            )
+            await self._fail_finally(job)
+            return
         job.trial_count += 1
         await self.transition_job_status(job, JobStatus.QUEUED)
         if self.requeue is not None:
