@@ -24,3 +24,15 @@ async def wait_until(predicate, timeout: float = 20.0, what: str = "condition") 
 
 def read(path: Path | os.PathLike[str]) -> str:
     return Path(path).read_text()
+
+
+async def assert_gone(marker: str, within: float = 10.0) -> None:
+    """No process with ``marker`` in its command line is left.
+
+    A KILLed process takes a moment to vanish from /proc, so this waits for it
+    (bounded: a process that survived would run for minutes).
+    """
+    try:
+        await wait_until(lambda: pids_with(marker) == [], timeout=within)
+    except TimeoutError:
+        raise AssertionError(f"still running: {pids_with(marker)} ({marker})") from None

@@ -11,7 +11,7 @@ import pytest
 
 from xqute_ssh import JobStatus, Xqute, plugin
 
-from ..helpers import pids_with, read
+from ..helpers import assert_gone, read
 
 
 def ssh_opts(cluster: Any, **extra: Any) -> dict[str, Any]:
@@ -42,8 +42,7 @@ async def test_background_daemon_dies_with_the_job_on_kill(sshd_cluster, tmp_pat
     job = await xq.feed(["bash", "-c", f"nohup bash -c \"trap '' TERM; exec -a {marker} sleep 300\" >/dev/null 2>&1 & sleep 300"])
     await run(xq)
     assert job.status == JobStatus.FAILED
-    await asyncio.sleep(0.5)
-    assert pids_with(marker) == []
+    await assert_gone(marker)
 
 
 async def test_job_closing_stdout_early(sshd_cluster, tmp_path: Path) -> None:
