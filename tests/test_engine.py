@@ -108,6 +108,28 @@ async def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     await assert_gone(marker)
 
 
+async def test_many_timeouts_at_once_each_record_124(tmp_path: Path) -> None:
+    # Regression: the wrapper's timer, killed right after its fork (before it
+    # exec'd), ran the wrapper's exit code in the forked process and wrote
+    # job.status while the wrapper's final KILL landed: an empty status and a
+    # job called lost (rc -1) for about 1 job in 100 under load.
+    marker = f"xq-many-timeouts-{os.getpid()}"
+    xq = Xqute(workdir=tmp_path, forks=40, scheduler_opts={"timeout": 1, "kill_grace": 1})
+    jobs = [
+        await xq.feed(
+            ["bash", "-c", f"(trap '' TERM; exec -a {marker} sleep 60) & sleep 60"]
+        )
+        for _ in range(40)
+    ]
+    await run(xq)
+    outcome = [(j.status, await j.get_rc()) for j in jobs]
+    assert outcome == [(JobStatus.FAILED, 124)] * len(jobs), [
+        read(j.stderr_file.path) for j, o in zip(jobs, outcome, strict=True)
+        if o != (JobStatus.FAILED, 124)
+    ]
+    await assert_gone(marker)
+
+
 async def test_retry_archives_attempts_and_succeeds(tmp_path: Path) -> None:
     counter = tmp_path / "count"
     xq = Xqute(workdir=tmp_path / "wd", error_strategy="retry", num_retries=3)

@@ -10,6 +10,13 @@
 # Signals: the controller kills a job with TERM to our process group (we are
 # its leader), then KILL after a grace period.  A timeout does the same from
 # in here and records rc 124.
+#
+# Only the wrapper itself may write the job's files or signal its group.  A
+# process bash forks (the timer, the command) runs our traps if a signal
+# arrives before it execs, with our whole call stack; $BASHPID can still say
+# the wrapper's pid then (seen under load: the timer, killed right after its
+# fork, wrote job.status while the wrapper's KILL landed: an empty file).  So
+# every handler asks the kernel who runs it (xq_is_wrapper).
 
 xq_status_file=$XQUTE_JOB_METADIR/job.status
 xq_rc_file=$XQUTE_JOB_METADIR/job.rc
@@ -52,20 +59,33 @@ xq_signal_job() {
     fi
 }
 
-# Start a timer that sends us USR1 after $1 seconds.  The timer cleans up its
-# own sleep when it is told to stop, so no sleep outlives the job.
+# Start a timer that sends us USR1 after $1 seconds: a separate /bin/sh
+# started as a simple command (it execs at once; a ( subshell ) of ours would
+# run bash code with our traps for longer).  It kills its own sleep when told
+# to stop ($! is set before any trap can run), so no sleep outlives the job.
+xq_timer_sh='trap "kill \$! 2>/dev/null; exit 0" TERM; sleep "$1" & wait $! && kill -s USR1 "$2" 2>/dev/null'
 xq_alarm() {
-    (
-        xq_sleep=
-        trap '[ -n "$xq_sleep" ] && kill "$xq_sleep" 2>/dev/null; exit 0' TERM
-        sleep "$1" &
-        xq_sleep=$!
-        wait "$xq_sleep" && kill -s USR1 "$$" 2>/dev/null
-    ) &
+    /bin/sh -c "$xq_timer_sh" xq-timer "$1" "$$" &
     xq_timer=$!
 }
 
+# Are we the wrapper process itself, or a fork of it that has not exec'd yet?
+xq_is_wrapper() {
+    local xq_me
+    read -r xq_me _ < /proc/self/stat 2>/dev/null || xq_me=$BASHPID
+    [ "$xq_me" = "$$" ]
+}
+
+# TERM, INT, HUP: remember it; the wait loop below sees the job end.
+xq_on_signal() {
+    if ! xq_is_wrapper; then  # a fork of ours, told to stop: stop
+        case "$1" in INT) exit 130 ;; HUP) exit 129 ;; *) exit 143 ;; esac
+    fi
+    xq_killed=$1
+}
+
 xq_on_alarm() {
+    xq_is_wrapper || exit 0
     if [ -z "$xq_timed_out" ]; then
         xq_timed_out=1
         echo "xqute: job timed out after ${XQ_TIMEOUT}s; sending TERM to its process group" >&2
@@ -79,6 +99,7 @@ xq_on_alarm() {
 }
 
 xq_finish() {
+    xq_is_wrapper || exit 0
     [ -n "$xq_done" ] && return
     xq_done=1
     trap '' TERM INT HUP USR1
@@ -96,9 +117,9 @@ xq_finish() {
 }
 
 trap 'xq_finish' EXIT
-trap 'xq_killed=TERM' TERM
-trap 'xq_killed=INT' INT
-trap 'xq_killed=HUP' HUP
+trap 'xq_on_signal TERM' TERM
+trap 'xq_on_signal INT' INT
+trap 'xq_on_signal HUP' HUP
 trap 'xq_on_alarm' USR1
 
 xq_put "$xq_status_file" 4
