@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from xqute_ssh.errors import SshConnectError, SshConnectionLost
-from xqute_ssh.ssh.pool import (
+from xqute_ssh.ssh.pool_state import (
     CONNECT_COOLDOWN,
     ConnSlot,
     Lease,

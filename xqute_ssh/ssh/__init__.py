@@ -8,7 +8,8 @@ asyncssh connection with one channel slot reserved).  See docs/ssh-transport.md.
 from .config import DEFAULT_KNOWN_HOSTS, HostConfig
 from .connect import SshLink, open_link
 from .control import CommandResult, ControlSession
-from .pool import HostPool, PoolState, PoolStats
+from .pool import HostPool
+from .pool_state import PoolState, PoolStats
 
 __all__ = [
     "DEFAULT_KNOWN_HOSTS",
