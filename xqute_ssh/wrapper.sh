@@ -99,7 +99,8 @@ xq_on_alarm() {
 }
 
 xq_finish() {
-    xq_is_wrapper || exit 0
+    local xq_status=$?  # a fork of ours exits with the status it had
+    xq_is_wrapper || exit "$xq_status"
     [ -n "$xq_done" ] && return
     xq_done=1
     trap '' TERM INT HUP USR1
