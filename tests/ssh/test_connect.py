@@ -185,7 +185,8 @@ async def test_unreachable_port_names_host_port_quickly() -> None:
     async with HostPool(cfg) as pool:
         with pytest.raises(SshConnectError, match=rf"127\.0\.0\.1:{port}.*refused") as e:
             await pool.run("true")
-    assert time.monotonic() - start < 1.0
+    # refused at once: no waiting for connect_timeout (10 s); bound generous
+    assert time.monotonic() - start < 5.0
     assert e.value.retryable
 
 
@@ -196,7 +197,7 @@ async def test_refused_is_retried_with_backoff() -> None:
         with pytest.raises(SshConnectError):
             await pool.exec("true")
     # 2 retries: 0.25s and 0.5s nominal, +-50% jitter
-    assert 0.3 < time.monotonic() - start < 3.0
+    assert 0.3 < time.monotonic() - start < 8.0
 
 
 async def test_silent_server_times_out() -> None:
@@ -217,16 +218,18 @@ async def test_silent_server_times_out() -> None:
         with pytest.raises(SshConnectError, match=r"no SSH answer within 0\.3s"):
             async with HostPool(cfg) as pool:
                 await pool.run("true")
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 5  # hang guard: the timeout is 0.3 s
     finally:
         server.close()
 
 
-async def test_unknown_host_key_refused(sshd_host, tmp_path: Path) -> None:
+async def test_unknown_host_key_refused(
+    sshd_host, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="xqute_ssh.ssh")
     kh = tmp_path / "known_hosts"
     kh.write_text("")
     cfg = host_config(sshd_host, known_hosts=str(kh))
-    start = time.monotonic()
     async with HostPool(cfg) as pool:
         with pytest.raises(SshHostKeyError) as e:
             await pool.run("true")
@@ -234,7 +237,7 @@ async def test_unknown_host_key_refused(sshd_host, tmp_path: Path) -> None:
     assert "unknown" in msg and cfg.label in msg
     assert f"ssh-keyscan -p {sshd_host.port} {sshd_host.address} >> {kh}" in msg
     assert not e.value.retryable
-    assert time.monotonic() - start < 3  # never retried
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]  # never retried
 
 
 async def test_changed_host_key_says_so(sshd_host, tmp_path: Path) -> None:
