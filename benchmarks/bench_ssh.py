@@ -452,6 +452,19 @@ def w1(
         "s",
         note="lines pipelined, run one after another per host",
     )
+    shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
+    ours_shm = Row(
+        "W1",
+        "xqute_ssh ssh, forks 64, workdir on tmpfs",
+        measure_s,
+        "s",
+        note=(
+            "the same run with its workdir in /dev/shm (the hosts see it too): "
+            "what creating each job's files costs on the default workdir's "
+            "filesystem; GNU parallel writes no file per job"
+        ),
+    )
+    ours_shm_cpu = Row("W1", "xqute_ssh ssh, forks 64, workdir on tmpfs", "controller CPU", "s")
     par_failed = ash_failed = 0
     par_startup: list[float] = []
     cmds = [["true"]] * n
@@ -466,6 +479,14 @@ def w1(
         if latencies is not None and r.latencies:
             latencies.append(r.latencies)
         log(f"  W1 rep {rep + 1}: ours {r.wall:.2f}s wall, {r.cpu:.2f}s CPU")
+        if shm is not None:
+            settle(targets)
+            r = run_ours(servers, cmds, workdir_parent=shm)
+            ours_shm.runs.append(r.wall)
+            ours_shm_cpu.runs.append(r.cpu)
+            if r.not_finished or r.error:
+                ours_shm.note += f" run {rep + 1}: {r.not_finished} not FINISHED {r.error}."
+            log(f"  W1 rep {rep + 1}: ours, workdir on tmpfs, {r.wall:.2f}s wall, {r.cpu:.2f}s CPU")
 
         pn = sizes.w1_parallel_jobs
         settle(targets)
@@ -503,7 +524,29 @@ def w1(
         ash.note += f"; {ash_failed} job(s) failed over all runs"
     for other in (par, ash, floor):
         other.ratios = pairwise_ratios(ours.runs, other.runs)
-    return [ours, par, ash, floor, ours_rate, ours_cpu]
+    rows = [ours, par, ash, floor, ours_rate, ours_cpu]
+    if ours_shm.runs:
+        ours_shm.ratios = pairwise_ratios(ours_shm.runs, par.runs)
+        ours_shm.note += " (ratio: against GNU parallel in the same repetition)"
+        rows += [ours_shm, ours_shm_cpu]
+    return rows
+
+
+def job_files_cost(parent: str | None, n: int = 200) -> float:
+    """Seconds per job to make a job directory and its 4 small files there.
+
+    What the controller does for each job before it starts (metadir, job.cmd,
+    job.status, the wrapper script, job.jid); on some disks this dominates.
+    """
+    with tempfile.TemporaryDirectory(prefix="xqute-ssh-fscost-", dir=parent) as d:
+        start = time.perf_counter()
+        for i in range(n):
+            sub = os.path.join(d, str(i))
+            os.mkdir(sub)
+            for name in ("job.cmd", "job.status", "job.wrapped", "job.jid"):
+                with open(os.path.join(sub, name), "w") as fh:
+                    fh.write("x\n")
+        return (time.perf_counter() - start) / n
 
 
 def w2(
@@ -768,6 +811,19 @@ def run_ssh_workloads(
                         note="what every fresh session pays here, before any job runs",
                     )
                 )
+                for label, parent in (("default temp dir", None), ("/dev/shm", "/dev/shm")):
+                    if parent is not None and not os.access(parent, os.W_OK):
+                        continue
+                    rows.append(
+                        Row(
+                            "W1",
+                            "environment",
+                            f"make a job dir + 4 small files, {label}, per job",
+                            "ms",
+                            runs=[job_files_cost(parent) * 1000],
+                            note="what the controller's file writes cost per job on that filesystem",
+                        )
+                    )
             loaded: list[list[float]] | None = [] if "W4" in selected and "W1" in selected else None
             # Cheap ours-only workloads first: W1 and W2 include GNU parallel,
             # whose run time varies most, so the budget cuts there if anywhere.
