@@ -13,10 +13,10 @@
 #
 # Only the wrapper itself may write the job's files or signal its group.  A
 # process bash forks (the timer, the command) runs our traps if a signal
-# arrives before it execs, with our whole call stack; $BASHPID can still say
-# the wrapper's pid then (seen under load: the timer, killed right after its
-# fork, wrote job.status while the wrapper's KILL landed: an empty file).  So
-# every handler asks the kernel who runs it (xq_is_wrapper).
+# arrives before it execs, and a check of $BASHPID proved unreliable there
+# (seen under load: the timer, killed right after its fork, wrote job.status
+# as the wrapper's final KILL landed: an empty file).  So every handler asks
+# the kernel who runs it (xq_is_wrapper).
 
 xq_status_file=$XQUTE_JOB_METADIR/job.status
 xq_rc_file=$XQUTE_JOB_METADIR/job.rc
