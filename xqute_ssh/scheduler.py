@@ -540,9 +540,9 @@ class Scheduler(ABC):
         for job in jobs:
             if job._retry_pending and not self.halted:
                 await self.retry_job(job)
-            elif job._retry_pending:
+            elif job._retry_pending:  # halted meanwhile: the failure is final
                 job._retry_pending = False
-                await plugin.hooks.on_job_failed(self, job)
+                await self._fail_finally(job)
         return all(j.status.is_terminal and not j._retry_pending for j in jobs)
 
     async def _apply_status(self, job: Job, status: JobStatus) -> None:

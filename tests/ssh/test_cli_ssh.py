@@ -16,21 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from xqute_ssh.cli import main
 from xqute_ssh.testing import SshCluster
 from xqute_ssh.testing.pytest_plugin import require_sshd
 
-from ..test_cli import ANSI, AWKWARD, ECHO_ARG, plain_lines
-
-
-@pytest.fixture(autouse=True)
-def _no_forced_colour(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def cli(*argv: str | os.PathLike[str]) -> int:
-    return main([os.fspath(a) for a in argv])
+from ..test_cli import (  # _no_forced_colour: the same autouse fixture here
+    ANSI,
+    AWKWARD,
+    ECHO_ARG,
+    _no_forced_colour,  # noqa: F401
+    cli,
+    plain_lines,
+)
 
 
 def servers_file(tmp_path: Path, cluster: SshCluster, hosts: int | None = None) -> Path:
