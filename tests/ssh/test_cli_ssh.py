@@ -232,3 +232,44 @@ def test_demo_runs_over_two_throwaway_hosts(capsys: pytest.CaptureFixture[str]) 
     assert sorted(lines) == list(range(24))
     assert {host for _, _, host in lines.values()} == {"host1", "host2"}
     assert "24 jobs: 24 finished, 0 failed" in out
+
+
+def test_no_third_party_warnings_from_cli_or_library(
+    tmp_path: Path, sshd_cluster: SshCluster
+) -> None:
+    """asyncssh + cryptography >= 43 warn about DSA at import: none reach the user."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS",)}
+    hosts = servers_file(tmp_path, sshd_cluster, hosts=1)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xqute_ssh",
+            "run",
+            "--servers-file",
+            str(hosts),
+            "-w",
+            str(tmp_path / "wd"),
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr + proc.stdout
+    # A script that imports the library and then asyncssh itself sees nothing either.
+    lib = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import xqute_ssh; from xqute_ssh.ssh import HostPool; import asyncssh",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert lib.returncode == 0 and lib.stderr == "", lib.stderr
