@@ -645,3 +645,26 @@ def test_ctrl_c_exits_130_and_leaves_no_job_running(tmp_path: Path) -> None:
     assert plain_lines(out)[0][0] == "KILLED"
     assert "Traceback" not in err
     assert pids_with(marker) == []
+
+
+# ------------------------------------------------------------------ logs
+def test_log_records_said_once_and_on_one_line() -> None:
+    import logging
+
+    from xqute_ssh.cli.logs import OneLineFormatter, SaidOnce
+
+    once = SaidOnce()
+    cause = "root@h:22: host key unknown: not in kh; add it with: ssh-keyscan h >> kh"
+
+    def rec(msg: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("xqute_ssh", level, __file__, 1, msg, None, None)
+
+    assert once.filter(rec(cause))
+    assert not once.filter(rec(f"job 2: {cause}; trying another host"))
+    assert not once.filter(rec(f"job 3: submission failed: {cause}"))
+    assert not once.filter(rec(cause))
+    assert once.filter(rec("job 4: its processes on h1 outlived the kill"))
+    assert once.filter(rec(cause, logging.INFO))  # -v shows everything
+    assert once.dropped == 3
+    text = OneLineFormatter("%(levelname)s %(message)s").format(rec("two\nlines\n"))
+    assert text == "WARNING two | lines"

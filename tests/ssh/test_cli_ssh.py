@@ -273,3 +273,27 @@ def test_no_third_party_warnings_from_cli_or_library(
         timeout=120,
     )
     assert lib.returncode == 0 and lib.stderr == "", lib.stderr
+
+
+def test_a_host_refusing_us_is_said_once_on_one_line(
+    tmp_path: Path, sshd_cluster: SshCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unknown host key, 12 jobs: one warning line, the keyscan fix unbroken."""
+    hosts = servers_file(tmp_path, sshd_cluster, hosts=1)
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    hosts.write_text(hosts.read_text().replace(str(sshd_cluster.known_hosts), str(empty)))
+    args = tmp_path / "args"
+    args.write_text("".join(f"{i}\n" for i in range(12)))
+    code = cli("run", "--servers-file", hosts, "-w", tmp_path / "wd", "-a", args, "--", "echo", "{}")
+    assert code == 1
+    captured = capsys.readouterr()
+    warnings = [ln for ln in captured.err.splitlines() if ln.startswith(("WARNING", "ERROR"))]
+    assert len(warnings) == 1, captured.err
+    assert f">> {empty}" in warnings[0]  # the whole fix on the one line
+    assert "12 jobs: 0 finished, 12 failed" in captured.out
+    # the summary names the cause once and lists the other jobs
+    assert captured.out.count("host key unknown") == 1, captured.out
+    assert "failed the same way as job" in captured.out
+    # each job's own account stays in its files
+    assert "host key unknown" in (tmp_path / "wd" / "11" / "job.stderr").read_text()

@@ -1,8 +1,10 @@
 """How output is shown: live (a terminal), plain (a pipe or file), or quiet.
 
-Also routes the engine's logger (``xqute_ssh``) through rich's RichHandler for
-the duration of a command.  In live mode the handler shares the display's
-console, so log lines appear above the live display instead of tearing it.
+Also routes the engine's logger (``xqute_ssh``) for the duration of a command:
+in live mode through rich's RichHandler on the display's console, so log
+lines appear above the live display instead of tearing it; otherwise as plain
+``LEVEL message`` lines on stderr, one line per record (see :mod:`.logs`).
+Either way a cause is said once (:class:`.logs.SaidOnce`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from enum import StrEnum
 from rich.console import Console
 from rich.logging import RichHandler
 
+from .logs import OneLineFormatter, SaidOnce
 from .progress import LiveView, PlainView, QuietView, View
 from .tally import Tally
 
@@ -67,14 +70,20 @@ class Output:
             level = logging.ERROR
         else:
             level = logging.INFO if verbose else logging.WARNING
-        console = self.console if self.mode == Mode.LIVE else self.err_console
-        handler = RichHandler(
-            console=console,
-            show_time=False,
-            show_path=False,
-            markup=False,
-            rich_tracebacks=False,
-        )
+        handler: logging.Handler
+        if self.mode == Mode.LIVE:
+            handler = RichHandler(
+                console=self.console,
+                show_time=False,
+                show_path=False,
+                markup=False,
+                rich_tracebacks=False,
+            )
+        else:
+            handler = logging.StreamHandler(self.err_console.file)
+            handler.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
+        once = SaidOnce()
+        handler.addFilter(once)
         handler.setLevel(level)
         logger = logging.getLogger(LOGGER_NAME)
         old_level, old_propagate = logger.level, logger.propagate
@@ -87,3 +96,9 @@ class Output:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
             logger.propagate = old_propagate
+            if once.dropped and self.mode != Mode.QUIET:
+                self.err_console.file.write(
+                    f"({once.dropped} repeated log message(s) not shown; "
+                    "each job's job.stderr has its own account)\n"
+                )
+                self.err_console.file.flush()
