@@ -28,6 +28,7 @@ from .errors import (
     XquteError,
 )
 from .job import Job
+from .outcome import RunOutcome
 from .path import SpecPath
 from .plugin import plugin
 from .scheduler import Scheduler
@@ -48,6 +49,7 @@ __all__ = [
     "JobStatus",
     "JobSubmissionError",
     "LocalScheduler",
+    "RunOutcome",
     "Scheduler",
     "SpecPath",
     "SshAuthError",

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from . import fileio, staging
 from .errors import ConfigError
 from .job import Job
+from .outcome import FINAL_FAILURE, failure_line
 from .path import SpecPath
 from .plugin import plugin
 from .status import JobErrorStrategy, JobStatus, is_legal
@@ -283,7 +284,8 @@ class Scheduler(ABC):
 
     async def _fail_finally(self, job: Job) -> None:
         """A failure that is final: hooks, then halt if the strategy says so."""
-        logger.info("job %s failed", job.index)
+        # WARNING with the cause: a script's user must not have to dig.
+        logger.warning(await failure_line(job, self.name), extra={FINAL_FAILURE: True})
         await plugin.hooks.on_job_failed(self, job)
         if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
             logger.error(

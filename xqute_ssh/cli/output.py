@@ -18,6 +18,7 @@ from enum import StrEnum
 from rich.console import Console
 from rich.logging import RichHandler
 
+from ..outcome import FINAL_FAILURE
 from .logs import OneLineFormatter, SaidOnce
 from .progress import LiveView, PlainView, QuietView, View
 from .tally import Tally
@@ -84,6 +85,9 @@ class Output:
             handler.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
         once = SaidOnce()
         handler.addFilter(once)
+        if not verbose:
+            # The CLI reports each failed job itself (job lines, summary).
+            handler.addFilter(lambda record: not getattr(record, FINAL_FAILURE, False))
         handler.setLevel(level)
         logger = logging.getLogger(LOGGER_NAME)
         old_level, old_propagate = logger.level, logger.propagate
