@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,7 +49,9 @@ class Scheduler(ABC):
         submission_batch: how many submissions may be in flight at once.
         recheck_interval: every how many poll cycles to check that active jobs'
             processes are still alive (``job_fails_before_running``).
-        cwd: the directory jobs run in (default: wherever the backend starts them).
+        cwd: the directory jobs run in (default: wherever the backend starts
+            them: the controller's directory for local jobs, the login's home
+            on SSH hosts).  A relative cwd is made absolute on the controller.
         timeout: seconds after which a job is killed (0: never); it then ends
             FAILED with rc 124.
         mounted_workdir: the workdir as the job's host sees it.
@@ -107,7 +110,9 @@ class Scheduler(ABC):
         # many at once so short jobs keep every slot busy.
         self.submission_batch = submission_batch or min(forks, 64)
         self.recheck_interval = max(1, int(recheck_interval))
-        self.cwd = cwd
+        # Relative: to the controller's directory, as the user meant it (a
+        # host would take it relative to its login's home).
+        self.cwd = os.path.abspath(os.path.expanduser(cwd)) if cwd else cwd
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
         self.kill_grace = float(kill_grace)

@@ -297,3 +297,25 @@ def test_a_host_refusing_us_is_said_once_on_one_line(
     assert "failed the same way as job" in captured.out
     # each job's own account stays in its files
     assert "host key unknown" in (tmp_path / "wd" / "11" / "job.stderr").read_text()
+
+
+def test_relative_workdir_and_wd(
+    tmp_path: Path, sshd_cluster: SshCluster, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A relative -w is this directory's, also on the hosts (shared, no copy-back);
+    jobs run in the login's home unless --wd; --wd . is this directory."""
+    hosts = servers_file(tmp_path, sshd_cluster, hosts=1)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "process").write_text("#!/bin/sh\necho processed $1 in $PWD\n")
+    (proj / "process").chmod(0o755)
+    monkeypatch.chdir(proj)
+    assert cli("run", "--servers-file", hosts, "-w", "wd", "--", "pwd") == 0
+    home = sshd_cluster.hosts[0].run(["sh", "-c", "cd && pwd"]).stdout.strip()
+    assert (proj / "wd" / "0" / "job.stdout").read_text() == f"{home}\n"
+    code = cli("run", "--servers-file", hosts, "-w", "wd2", "--wd", ".", "--", "./process", "x")
+    assert code == 0, capsys.readouterr()
+    assert (proj / "wd2" / "0" / "job.stdout").read_text() == f"processed x in {proj}\n"
+    # The host saw the workdir (same absolute path): nothing was staged under its home.
+    assert not list(Path(home).glob(".cache/xqute-ssh/*/wd2"))

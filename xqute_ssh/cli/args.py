@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"here; with servers {DEFAULT_FORKS_PER_SERVER} per server)",
     )
     where.add_argument(
+        "--wd",
+        metavar="DIR",
+        help="the directory jobs run in (GNU parallel's name).  Default: this "
+        "directory for local jobs, the login's home on SSH hosts (as ssh and GNU "
+        "parallel do).  '--wd .' runs them in this directory, at the same path "
+        "on every host; a relative DIR is made absolute here first",
+    )
+    where.add_argument(
         "-w",
         "--workdir",
         default=DEFAULT_WORKDIR,
@@ -442,6 +450,10 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
     commands = build_commands(command, ns.arg_file, ns.jobs_file)
     if ns.timeout is not None:
         opts["timeout"] = ns.timeout
+    if ns.wd is not None:
+        if not ns.wd:
+            raise UsageError("--wd: give a directory, e.g. --wd . for this one")
+        opts["cwd"] = os.path.abspath(os.path.expanduser(ns.wd))
     if not ns.workdir:
         raise UsageError("-w/--workdir: give a directory")
     if ns.halt:
