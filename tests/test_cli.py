@@ -79,7 +79,7 @@ def plain_lines(out: str) -> dict[int, tuple[str, str, str]]:
 # ------------------------------------------------------------ exit status
 def test_all_succeed_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("run", "-w", tmp_path / "wd", "--", "true") == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert plain_lines(out) == {0: ("FINISHED", "0", "local")}
     assert out.splitlines()[-1].startswith("1 job: 1 finished, 0 failed")
 
@@ -102,7 +102,7 @@ def test_a_failure_exits_1_and_is_summarised(
         "_",
     )
     assert code == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = plain_lines(out)
     assert lines[1] == ("FAILED", "3", "local")
     assert lines[0][0] == lines[2][0] == "FINISHED"
@@ -118,14 +118,14 @@ def test_command_not_found_is_a_job_failure_not_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli("run", "-w", tmp_path, "--", "no-such-program-xq") == 1
-    assert plain_lines(capsys.readouterr().out)[0] == ("FAILED", "127", "local")
+    assert plain_lines(capsys.readouterr().err)[0] == ("FAILED", "127", "local")
 
 
 def test_empty_arg_file_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = tmp_path / "args"
     args.write_bytes(b"")
     assert cli("run", "-w", tmp_path / "wd", "-a", args, "--", "echo") == 0
-    assert "0 jobs: 0 finished" in capsys.readouterr().out
+    assert "0 jobs: 0 finished" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------- usage errors
@@ -348,14 +348,14 @@ def test_halt_stops_at_the_first_failure(
     jobs = tmp_path / "jobs"
     jobs.write_text("exit 5\n" + "true\n" * 5)
     assert cli("run", "-w", tmp_path / "wd", "-j", "1", "--halt", "-f", jobs) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert plain_lines(out) == {0: ("FAILED", "5", "local")}
     assert "6 jobs: 0 finished, 1 failed, 0 skipped, 5 not run" in out
 
 
 def test_timeout_kills_the_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("run", "-w", tmp_path / "wd", "--timeout", "0.5", "--", "sleep", "30") == 1
-    assert plain_lines(capsys.readouterr().out)[0] == ("FAILED", "124", "local")
+    assert plain_lines(capsys.readouterr().err)[0] == ("FAILED", "124", "local")
 
 
 # ------------------------------------------------------------------ resume
@@ -380,7 +380,7 @@ def test_resume_skips_jobs_that_finished(
     capsys.readouterr()
 
     assert cli("run", "-w", wd, "-a", args, "--resume", *cmd) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     ran = {p.name: p.read_text().count("ran") for p in counts.iterdir()}
     assert ran == {"a": 1, "bad": 2, "c": 1}  # only the failed job ran again
     lines = plain_lines(out)
@@ -485,7 +485,9 @@ def test_plain_output_has_one_line_per_job_and_no_ansi(
     jobs.write_text("true\nexit 2\ntrue\n")
     assert cli("run", "-w", tmp_path / "wd", "-f", jobs) == 1
     captured = capsys.readouterr()
-    assert plain_lines(captured.out) == {
+    # stdout carries only the jobs' output (here none); our report is on stderr
+    assert captured.out == ""
+    assert plain_lines(captured.err) == {
         0: ("FINISHED", "0", "local"),
         1: ("FAILED", "2", "local"),
         2: ("FINISHED", "0", "local"),
@@ -500,9 +502,9 @@ def test_quiet_prints_only_the_summary_line(
     jobs.write_text("true\nexit 2\n")
     assert cli("run", "-q", "-w", tmp_path / "wd", "-f", jobs) == 1
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == [captured.out.splitlines()[0]]
-    assert captured.out.startswith("2 jobs: 1 finished, 1 failed, 0 skipped, 0 not run (")
-    assert captured.err == ""
+    assert captured.err.splitlines() == [captured.err.splitlines()[0]]
+    assert captured.err.startswith("2 jobs: 1 finished, 1 failed, 0 skipped, 0 not run (")
+    assert captured.out == ""
 
 
 def test_tally_bookkeeping() -> None:
@@ -584,11 +586,12 @@ def test_python_m_exit_status_and_no_ansi(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
-    assert plain_lines(proc.stdout) == {
+    assert plain_lines(proc.stderr) == {
         0: ("FINISHED", "0", "local"),
         1: ("FAILED", "4", "local"),
     }
-    assert "oops" in proc.stdout  # the summary shows stderr's last line
+    assert proc.stdout == "fine\n"  # the jobs' own output, nothing else
+    assert "oops" in proc.stderr  # the job's stderr, and the summary's last line
     assert "job 1 failed" in proc.stderr  # -v: the engine's INFO log
     assert not ANSI.search(proc.stdout + proc.stderr)
 
@@ -641,8 +644,9 @@ def test_ctrl_c_exits_130_and_leaves_no_job_running(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert "interrupted by SIGINT" in out
-    assert plain_lines(out)[0][0] == "KILLED"
+    assert out == ""  # the job printed nothing; our report is on stderr
+    assert "interrupted by SIGINT" in err
+    assert plain_lines(err)[0][0] == "KILLED"
     assert "Traceback" not in err
     assert pids_with(marker) == []
 

@@ -73,7 +73,7 @@ def test_exit_status_hosts_and_status_json(
         "{}",
     )
     assert code == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = plain_lines(out)
     assert sorted(lines) == list(range(12))
     assert lines[7][:2] == ("FAILED", "1")
@@ -130,7 +130,7 @@ def test_server_flag_joins_the_file_and_gets_its_defaults(
         )
         == 0
     )
-    used = {host for _, _, host in plain_lines(capsys.readouterr().out).values()}
+    used = {host for _, _, host in plain_lines(capsys.readouterr().err).values()}
     assert used == {"host1", second}
 
 
@@ -147,7 +147,7 @@ def test_resume_over_ssh(
     assert cli("run", "--servers-file", hosts, "-w", wd, "-a", args, *cmd) == 1
     capsys.readouterr()
     assert cli("run", "--servers-file", hosts, "-w", wd, "-a", args, "--resume", *cmd) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert {p.name: p.read_text().count("ran") for p in counts.iterdir()} == {
         "a": 1,
         "bad": 2,
@@ -211,10 +211,10 @@ def test_ctrl_c_over_ssh_exits_130_and_kills_every_job(
             proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    lines = plain_lines(out)
+    lines = plain_lines(err)
     assert sorted(lines) == [0, 1, 2, 3]
     assert {outcome for outcome, _, _ in lines.values()} == {"KILLED"}
-    assert "interrupted by SIGINT; 8 jobs: 0 finished, 4 failed, 0 skipped, 4 not run" in out
+    assert "interrupted by SIGINT; 8 jobs: 0 finished, 4 failed, 0 skipped, 4 not run" in err
     assert not ANSI.search(out + err)
     # the host-side kill escalation (a 0.1 s check loop) may still be exiting
     deadline = time.monotonic() + 10  # hang guard only
@@ -227,7 +227,7 @@ def test_ctrl_c_over_ssh_exits_130_and_kills_every_job(
 def test_demo_runs_over_two_throwaway_hosts(capsys: pytest.CaptureFixture[str]) -> None:
     require_sshd()  # skipped (failed under CI) without sshd, like the fixtures
     assert cli("demo") == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = plain_lines(out)
     assert sorted(lines) == list(range(24))
     assert {host for _, _, host in lines.values()} == {"host1", "host2"}
@@ -291,10 +291,11 @@ def test_a_host_refusing_us_is_said_once_on_one_line(
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith(("WARNING", "ERROR"))]
     assert len(warnings) == 1, captured.err
     assert f">> {empty}" in warnings[0]  # the whole fix on the one line
-    assert "12 jobs: 0 finished, 12 failed" in captured.out
+    assert "12 jobs: 0 finished, 12 failed" in captured.err
     # the summary names the cause once and lists the other jobs
-    assert captured.out.count("host key unknown") == 1, captured.out
-    assert "failed the same way as job" in captured.out
+    # the log says it once as it happens, the summary once at the end
+    assert captured.err.count("host key unknown") == 2, captured.err
+    assert "failed the same way as job" in captured.err
     # each job's own account stays in its files
     assert "host key unknown" in (tmp_path / "wd" / "11" / "job.stderr").read_text()
 

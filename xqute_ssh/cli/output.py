@@ -37,8 +37,8 @@ class Output:
     """The consoles of one CLI command and how they are used."""
 
     mode: Mode
-    console: Console  # stdout: the display, job lines, the summary
-    err_console: Console  # stderr: logs (except in live mode), errors
+    console: Console  # stdout: the jobs' output; on a terminal also the display, the summary
+    err_console: Console  # stderr: logs, job lines and the summary off a terminal
 
     @classmethod
     def choose(cls, quiet: bool = False, console: Console | None = None) -> Output:
@@ -53,11 +53,20 @@ class Output:
             mode = Mode.PLAIN
         return cls(mode, console, err)
 
+    @property
+    def report_console(self) -> Console:
+        """Where our own report goes: the terminal's display, else stderr.
+
+        Off a terminal stdout carries only the jobs' own output, as with GNU
+        parallel, so ``xqute-ssh run ... > out.txt`` captures just that.
+        """
+        return self.console if self.mode == Mode.LIVE else self.err_console
+
     def view(self, tally: Tally, n_skip: int = 0) -> View:
         if self.mode == Mode.LIVE:
             return LiveView(self.console, tally, n_skip)
         if self.mode == Mode.PLAIN:
-            return PlainView(self.console.file)
+            return PlainView(self.err_console.file)
         return QuietView()
 
     @contextlib.contextmanager

@@ -104,8 +104,8 @@ def print_summary(
     """Print the summary for the mode chosen (see module docstring)."""
     line = summary_line(tally, elapsed, sig)
     if out.mode == Mode.QUIET:
-        out.console.file.write(line + "\n")
-        out.console.file.flush()
+        out.report_console.file.write(line + "\n")
+        out.report_console.file.flush()
         return
     groups = group_failures(tally.failures, workdir)
     failures = groups[:MAX_FAILURES_SHOWN]
@@ -120,7 +120,7 @@ def print_summary(
     for host, counts in sorted(tally.hosts.items()):
         hosts.add_row(printable(host), str(counts.finished), str(counts.failed))
     if tally.hosts:
-        out.console.print(hosts)
+        out.report_console.print(hosts)
     if failures:
         table = Table(title="failed jobs", box=box.SIMPLE_HEAD, title_justify="left")
         for col in ("job", "outcome", "rc", "host", "last line of stderr"):
@@ -135,11 +135,11 @@ def print_summary(
                 printable(ending.host),
                 tail or f"(empty: {path})",
             )
-        out.console.print(table)
+        out.report_console.print(table)
         if more:
-            out.console.print(f"... and {more} more: xqute-ssh status {workdir}")
+            out.report_console.print(f"... and {more} more: xqute-ssh status {workdir}")
     style = "bold red" if tally.failed or sig else "bold green"
-    out.console.print(line, style=style, markup=False)
+    out.report_console.print(line, style=style, markup=False)
 
 
 def _print_plain(
@@ -150,7 +150,7 @@ def _print_plain(
     more: int,
     line: str,
 ) -> None:
-    file = out.console.file
+    file = out.report_console.file
     rows = [("host", "finished", "failed")] + [
         (printable(h), str(c.finished), str(c.failed)) for h, c in sorted(tally.hosts.items())
     ]
