@@ -50,15 +50,22 @@ _SERVER_RE = re.compile(
 
 RUN_EPILOG = """\
 Each job's command is an argv: every CMD/ARGS word is one argument, passed to
-the program byte for byte (no shell involved).  With -a, "{}" inside any word
-is replaced by the line; without "{}" the line is appended as the last
-argument.  For shell code, say so:   -- bash -c 'wc -c "$1"' _ {}
+the program byte for byte (no shell involved).  Input comes after ::: (values)
+or :::: (files, one value a line; -a FILE is the same); several sources run
+every combination.  GNU parallel's replacement strings work in any word:
+{} {.} {/} {//} {/.} {#} {%} and {1} {2} ... for the sources; with none, the
+values are appended.  For shell code, say so:   -- bash -c 'wc -c "$1"' _ {}
 With -f, each line of JOBSFILE is shell code run by bash.
 
+The jobs' output is printed on stdout as each job ends (-k: in input order);
+off a terminal our own report goes to stderr.
+
 examples:
+  xqute-ssh run gzip -9 ::: *.txt
+  xqute-ssh run -k --tag echo {1}-{2} ::: a b ::: 1 2
   xqute-ssh run -a files.txt -- gzip -9 {}
-  xqute-ssh run -S alice@node1 -S node2:2222 -a ids.txt -- ./train.sh --seed {}
-  xqute-ssh run --servers-file hosts.toml -f jobs.sh --retries 2
+  xqute-ssh run -S 8/alice@node1 -S node2:2222 --wd . -a ids.txt -- ./train.sh --seed {}
+  xqute-ssh run --servers-file hosts.toml -f jobs.sh --retries 2 --joblog log.tsv
   xqute-ssh status ./.xqute
 """
 
