@@ -672,3 +672,13 @@ def test_log_records_said_once_and_on_one_line() -> None:
     assert once.dropped == 3
     text = OneLineFormatter("%(levelname)s %(message)s").format(rec("two\nlines\n"))
     assert text == "WARNING two | lines"
+
+
+def test_mistyped_flags_and_commands_get_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("run", "--retires", "2", "--", "true") == 2
+    err = capsys.readouterr().err
+    assert "--retires (did you mean --retries?)" in err and "xqute-ssh run" in err
+    assert cli("rnu", "--", "true") == 2
+    assert "did you mean 'run'?" in capsys.readouterr().err
+    assert cli("status", "--jsn") == 2
+    assert "did you mean --json?" in capsys.readouterr().err

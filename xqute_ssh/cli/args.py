@@ -9,6 +9,7 @@ that must be readable, server specs, a servers file, each job's command), so
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import re
@@ -297,6 +298,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     return parser
+
+
+# ------------------------------------------------------- did you mean ...?
+def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)  # pragma: no cover
+
+
+def _closest(word: str, choices: Sequence[str]) -> str | None:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def suggest_command(parser: argparse.ArgumentParser, args: Sequence[str]) -> str | None:
+    """An error with a suggestion for a mistyped subcommand (``rnu``), else None."""
+    if not args or args[0].startswith("-"):
+        return None
+    names = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    choices = list(names[0].choices) if names else []
+    if args[0] in choices:
+        return None
+    guess = _closest(args[0], choices)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return f"unknown command {args[0]!r} (choose from {', '.join(choices)}){hint}"
+
+
+def unknown_options_message(sub: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """``unrecognized argument --retires; did you mean --retries?``"""
+    options = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    parts = []
+    for word in extra:
+        flag = word.split("=", 1)[0]
+        guess = _closest(flag, options) if flag.startswith("--") else None
+        parts.append(f"{word} (did you mean {guess}?)" if guess else word)
+    noun = "argument" if len(extra) == 1 else "arguments"
+    return f"unrecognized {noun}: {', '.join(parts)}"
 
 
 # ------------------------------------------------------------- job sources
