@@ -118,7 +118,17 @@ def test_command_not_found_is_a_job_failure_not_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli("run", "-w", tmp_path, "--", "no-such-program-xq") == 1
-    assert plain_lines(capsys.readouterr().err)[0] == ("FAILED", "127", "local")
+    err = capsys.readouterr().err
+    assert plain_lines(err)[0] == ("FAILED", "127", "local")
+    # said as a shell prompt says it: no wrapper path, no line number
+    assert (tmp_path / "0" / "job.stderr").read_text() == "no-such-program-xq: command not found\n"
+    assert "job.wrapped" not in err and "line " not in err
+    assert cli("run", "-w", tmp_path / "w2", "--", "./no-such-script", "x") == 1
+    text = (tmp_path / "w2" / "0" / "job.stderr").read_text()
+    assert text == "./no-such-script: No such file or directory\n"
+    assert cli("run", "-w", tmp_path / "w3", "--", str(tmp_path)) == 1
+    assert "Permission denied" in (tmp_path / "w3" / "0" / "job.stderr").read_text()
+    assert "rc=126" in capsys.readouterr().err
 
 
 def test_empty_arg_file_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -421,7 +431,9 @@ def test_status_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     jobs = tmp_path / "jobs"
     jobs.write_text("sleep 0.2\nexit 3\n")
     assert cli("run", "-w", wd, "-f", jobs) == 1
-    (wd / "7").mkdir()  # a job fed but never submitted
+    # as a workdir of the Python API (no run file): a job fed, never submitted
+    (wd / ".xqute-ssh-run.json").unlink()
+    (wd / "7").mkdir()
     capsys.readouterr()
     assert cli("status", wd, "--json") == 0
     records = json.loads(capsys.readouterr().out)
@@ -448,13 +460,30 @@ def test_status_plain_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli("run", "-w", wd, "--", "echo", "a b") == 0
     capsys.readouterr()
     assert cli("status", wd) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err == "1 job: 1 finished\n"  # the counts, apart from the TSV
     rows = [line.split("\t") for line in out.splitlines()]
     assert rows[0] == ["index", "status", "host", "rc", "duration", "command"]
     assert rows[1][:4] == ["0", "FINISHED", "local", "0"]
     assert rows[1][5] == "echo 'a b'"
-    assert rows[-1] == ["1 job: 1 finished"]
+    assert all(len(row) == 6 for row in rows)  # pure TSV on stdout
     assert not ANSI.search(out)
+
+
+def test_status_shows_this_runs_jobs_not_an_earlier_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wd = tmp_path / "wd"
+    assert cli("run", "-w", wd, "echo", ":::", "a", "b", "c", "d") == 0
+    assert cli("run", "-w", wd, "echo", ":::", "x") == 0  # the same workdir, fewer jobs
+    capsys.readouterr()
+    assert cli("status", wd) == 0
+    captured = capsys.readouterr()
+    rows = [line.split("\t") for line in captured.out.splitlines()]
+    assert [r[0] for r in rows[1:]] == ["0"] and rows[1][5] == "echo x"
+    assert "1 job: 1 finished" in captured.err
+    assert "3 job directories from an earlier, larger run" in captured.err
 
 
 def test_status_of_a_missing_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ from .job import Job
 from .outcome import FINAL_FAILURE, failure_line
 from .path import SpecPath
 from .plugin import plugin
-from .status import JobErrorStrategy, JobStatus, is_legal
+from .status import KILLED_RC, JobErrorStrategy, JobStatus, is_legal
 from .wrapper import WrapperSpec, render
 
 logger = logging.getLogger("xqute_ssh")
@@ -476,15 +476,22 @@ class Scheduler(ABC):
         except Exception as exc:
             error = f"xqute: could not kill the job: {exc}"
             logger.error("job %s: %s", job.index, error)
-        # The job may have ended by itself meanwhile; keep what it wrote.
+        # The job may have finished by itself meanwhile; keep that.  Any other
+        # end is recorded the same way, whichever way the kill went (the job
+        # died of TERM: 143; trapped it and exited: its code; needed KILL: no
+        # rc at all): FAILED with rc KILLED_RC, so run and status agree.
         written = JobStatus.parse(await fileio.read_text(job.status_file) or "")
-        if written is not None and written.is_terminal:
+        if written == JobStatus.FINISHED:
             await self.transition_job_status(job, written, is_killed=True)
+        elif written is not None and written.is_terminal:
+            await self.transition_job_status(
+                job, written, rc=KILLED_RC, is_killed=True, persist=True
+            )
         else:
             await self.transition_job_status(
                 job,
                 JobStatus.FAILED,
-                rc=-15,
+                rc=KILLED_RC,
                 error_msg=error or "xqute: job killed",
                 is_killed=True,
                 persist=True,

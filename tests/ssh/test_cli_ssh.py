@@ -222,6 +222,20 @@ def test_ctrl_c_over_ssh_exits_130_and_kills_every_job(
         time.sleep(0.05)
     for h in sshd_cluster.hosts:
         assert h.job_pids() == [], h.name
+    # status agrees with run: the 4 killed jobs KILLED with the one rc, the
+    # 4 that never started are listed too
+    status = subprocess.run(
+        [sys.executable, "-m", "xqute_ssh", "status", "--json", str(wd)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    records = {r["index"]: r for r in json.loads(status.stdout)}
+    assert sorted(records) == list(range(8))
+    assert {(records[i]["status"], records[i]["rc"]) for i in lines} == {("KILLED", -15)}
+    assert {records[i]["status"] for i in range(8) if i not in lines} == {"NOT_STARTED"}
+    assert {str(records[i]["rc"]) for i in lines} == {rc for _, rc, _ in lines.values()}
 
 
 def test_demo_runs_over_two_throwaway_hosts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,7 +299,9 @@ def test_a_host_refusing_us_is_said_once_on_one_line(
     hosts.write_text(hosts.read_text().replace(str(sshd_cluster.known_hosts), str(empty)))
     args = tmp_path / "args"
     args.write_text("".join(f"{i}\n" for i in range(12)))
-    code = cli("run", "--servers-file", hosts, "-w", tmp_path / "wd", "-a", args, "--", "echo", "{}")
+    code = cli(
+        "run", "--servers-file", hosts, "-w", tmp_path / "wd", "-a", args, "--", "echo", "{}"
+    )
     assert code == 1
     captured = capsys.readouterr()
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith(("WARNING", "ERROR"))]
@@ -301,7 +317,9 @@ def test_a_host_refusing_us_is_said_once_on_one_line(
 
 
 def test_relative_workdir_and_wd(
-    tmp_path: Path, sshd_cluster: SshCluster, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    sshd_cluster: SshCluster,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A relative -w is this directory's, also on the hosts (shared, no copy-back);

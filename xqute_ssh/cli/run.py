@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import time
 
+from .. import fileio
 from ..errors import ConfigError, WorkdirError
 from ..status import JobStatus
 from ..xqute import Xqute
@@ -27,7 +28,7 @@ from .output import Mode, Output
 from .progress import RunMonitor
 from .summary import print_summary
 from .tally import Tally
-from .workdir import resumable
+from .workdir import RUN_FILE, resumable, run_file_text
 
 
 def _build(plan: RunPlan, monitor: RunMonitor) -> Xqute:
@@ -56,8 +57,13 @@ async def _feed_and_run(xq: Xqute, plan: RunPlan, monitor: RunMonitor) -> None:
         return
     try:
         await xq.feed(plan.commands[0])
+        # `status` shows this run's jobs: none of an earlier, larger run's,
+        # and also the ones a Ctrl-C stops before they start.
+        await fileio.write_text(plan.workdir_path / RUN_FILE, run_file_text(len(plan.commands)))
     except WorkdirError as exc:
         raise UsageError(f"-w/--workdir: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"-w/--workdir: cannot write in it: {exc.strerror or exc}") from None
     try:
         await xq.scheduler.post_init()
     except BaseException:

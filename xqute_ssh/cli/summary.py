@@ -40,8 +40,8 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"
 
 
 def summary_line(tally: Tally, elapsed: float, sig: signal.Signals | None) -> str:
