@@ -281,3 +281,34 @@ def test_server_slots_and_lists() -> None:
         "n2:2222": {"host": "n2", "port": 2222, "forks": 2},
     }
     assert forks == 10
+
+
+def test_a_reader_that_goes_away_stops_nothing(tmp_path: Path) -> None:
+    """`xqute-ssh run ... | head -1`: the jobs still run to the end, no traceback."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xqute_ssh",
+            "run",
+            "-k",
+            "-j1",
+            "-w",
+            str(tmp_path / "wd"),
+            "--",
+            "bash",
+            "-c",
+            "seq 2000; sleep 0.05",
+            "_",
+            ":::",
+            *map(str, range(6)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"1\n"
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "6 jobs: 6 finished" in err

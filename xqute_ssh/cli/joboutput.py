@@ -15,6 +15,8 @@ workdir (bytes, unchanged) and written to our stdout/stderr through a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -44,17 +46,28 @@ class StdSink:
     def __init__(self, out: IO[str] | None = None, err: IO[str] | None = None) -> None:
         self._out = out
         self._err = err
+        self._gone: set[bool] = set()  # streams whose reader went away
 
     def write(self, data: bytes, err: bool) -> None:
+        if err in self._gone:
+            return
         stream = (self._err or sys.stderr) if err else (self._out or sys.stdout)
-        stream.flush()
-        buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
-            buffer.write(data)
-            buffer.flush()
-        else:  # a text-only stream
-            stream.write(data.decode("utf-8", "surrogateescape"))
+        try:
             stream.flush()
+            buffer = getattr(stream, "buffer", None)
+            if buffer is not None:
+                buffer.write(data)
+                buffer.flush()
+            else:  # a text-only stream
+                stream.write(data.decode("utf-8", "surrogateescape"))
+                stream.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): the jobs go on, their output
+            # stays in the workdir; stop writing there (and let the final
+            # flush at exit find /dev/null instead of the closed pipe).
+            self._gone.add(err)
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 class ConsoleSink:
