@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-q",
         "--quiet",
         action="store_true",
-        help="print only errors and the final summary line",
+        help="report only errors and the final summary line (the jobs' output is still printed)",
     )
     show.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     show.add_argument(
