@@ -102,6 +102,7 @@ class Xqute:
         self._signal: signal.Signals | None = None
         self._forced: signal.Signals | None = None
         self._signalled = False
+        self._signalled_event = asyncio.Event()
         self._installed: list[signal.Signals] = []
         self._done = asyncio.Event()
         self._polling_counter = 0
@@ -240,6 +241,7 @@ class Xqute:
                         break
                     logger.warning("a plugin declined to shut down on %s", sig.name)
                     self._signalled = self.scheduler.stopping = False
+                    self._signalled_event.clear()
             except asyncio.CancelledError:
                 if self._forced is None:
                     # Cancelled by the caller: stop as for a signal, bounded.
@@ -286,6 +288,7 @@ class Xqute:
         )
         self._signal = sig
         self._signalled = True
+        self._signalled_event.set()
         self.scheduler.stopping = True
         self.scheduler.wakeup.set()
         self._slot_changed.set()
@@ -333,6 +336,22 @@ class Xqute:
         await self.scheduler.submit_job_and_update_status(job)
 
     # --------------------------------------------------------------- poller
+    async def _unless_stopped(self, task: asyncio.Future[Any]) -> bool:
+        """Await ``task``; if a signal comes first, cancel it and return False."""
+        if self._signal is None:
+            stop = asyncio.ensure_future(self._signalled_event.wait())
+            try:
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False
+        task.result()  # its exception, if any
+        return True
+
     def _finished(self) -> bool:
         # Every fed job has ended; a job a consumer holds while it waits for a
         # slot is in neither the queue nor _active, so count ends instead.
@@ -344,10 +363,14 @@ class Xqute:
             self._polling_counter += 1
             if self._active:
                 # Jobs still QUEUED here are being submitted: not polled yet.
-                await sched.check_all_done(
-                    [j for j in self._active if j.status != JobStatus.QUEUED],
-                    self._polling_counter,
+                check = asyncio.ensure_future(
+                    sched.check_all_done(
+                        [j for j in self._active if j.status != JobStatus.QUEUED],
+                        self._polling_counter,
+                    )
                 )
+                if not await self._unless_stopped(check):
+                    return  # a signal: a check waiting on a dead host is abandoned
                 before = len(self._active)
                 self._active = [
                     j

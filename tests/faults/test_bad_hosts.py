@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -342,6 +343,10 @@ def test_cli_ctrl_c_with_a_refused_host_then_a_second_forces_exit(sshd_cluster,
     both = out + err
     assert both.count("is down") == 1, both  # one line, not one per job
     assert "connection refused" in both
+    status = subprocess.run([sys.executable, "-m", "xqute_ssh", "status", str(wd)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert re.search(r"host dead \(\S+\): down since [\d:]+: connection refused",
+                     status.stdout), status.stdout
 
     wd = tmp_path / "wd-stubborn"
     proc = start(wd, "bash", "-c", "trap '' TERM; sleep 60")

@@ -221,3 +221,10 @@ def test_random_walk_keeps_the_rules(clock, seed: int) -> None:
         wait = h.next_probe_in()
         if wait is not None:
             assert 0 <= wait <= 8
+
+
+def test_messages_name_hosts_by_their_labels(clock) -> None:
+    h = HostHealth(["a"], clock=clock, labels={"a": "a (root@10.0.0.1:22)"})
+    h.due_probes()
+    h.failed("a", "connection refused")
+    assert h.hopeless(30) == "every host is down: a (root@10.0.0.1:22): connection refused"

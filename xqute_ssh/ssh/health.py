@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 #: Seconds from a host's failure to its first background probe.
@@ -80,8 +80,11 @@ class HostHealth:
         backoff: float = PROBE_BACKOFF,
         max_interval: float = PROBE_MAX_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.hosts: dict[str, HostRecord] = {n: HostRecord(n) for n in names}
+        #: How messages name each host (default: its name).
+        self.labels = dict(labels or {})
         self.cooldown = cooldown
         self.backoff = backoff
         self.max_interval = max_interval
@@ -143,7 +146,7 @@ class HostHealth:
             if now - rec.down_since < give_up_after:
                 return None
         return "every host is down: " + "; ".join(
-            f"{r.name}: {r.reason}" for r in self.hosts.values()
+            f"{self.labels.get(r.name, r.name)}: {r.reason}" for r in self.hosts.values()
         )
 
     # ------------------------------------------------------------ probes
@@ -206,6 +209,22 @@ class HostHealth:
         if newly:
             return Change(name, up=False, reason=reason, first=not rec.ever_up)
         return None
+
+    def snapshot(self, wall_now: float) -> dict[str, dict[str, object]]:
+        """Every host's state for the workdir's host file (``status`` reads
+        it); ``down_since`` as a wall-clock time, given ``wall_now``."""
+        now = self.clock()
+        return {
+            r.name: {
+                "label": self.labels.get(r.name, r.name),
+                "state": r.state.name.lower(),
+                "reason": r.reason,
+                "down_since": None
+                if r.down_since is None
+                else round(wall_now - (now - r.down_since), 3),
+            }
+            for r in self.hosts.values()
+        }
 
     def __repr__(self) -> str:
         counts = {s: 0 for s in HostState}

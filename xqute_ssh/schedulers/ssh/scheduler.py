@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import secrets
 import shlex
@@ -73,6 +74,9 @@ LAUNCH_ADOPT_WAIT = 3.0
 LAUNCH_STOP_WAIT = 3.0
 #: Bound on each round trip of a kill, so a stop never waits on a dead host.
 KILL_ROUND_TRIP = 5.0
+#: In the workdir: each host's health, rewritten when a host goes down or
+#: comes back (``xqute-ssh status`` shows the hosts that are down).
+HEALTH_FILE = ".xqute-hosts.json"
 
 
 def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
@@ -265,8 +269,14 @@ class SshScheduler(Scheduler):
             cooldown=float(host_cooldown),
             backoff=float(probe_backoff),
             max_interval=float(probe_max_interval),
+            labels={
+                n: h.label if n == h.label else f"{n} ({h.label})"
+                for n, h in self.hosts.items()
+            },
         )
         self._health_changed = asyncio.Event()
+        self._health_writer: asyncio.Task[None] | None = None
+        self._health_rewrite = False
         self._prober: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self.lost_after = lost_after
@@ -294,6 +304,9 @@ class SshScheduler(Scheduler):
             self._prober.cancel()
         for task in list(self._probes):
             task.cancel()
+        if self._health_writer is not None:
+            with contextlib.suppress(Exception):
+                await self._health_writer
 
         async def flush(host: _Host) -> None:
             if host.pending_rm and self.health.usable(host.name):
@@ -352,6 +365,25 @@ class SshScheduler(Scheduler):
             )
         self._health_changed.set()
         self._slot_freed.set()
+        self._health_to_disk()
+
+    def _health_to_disk(self) -> None:
+        """Rewrite the host file soon (one writer; the last state wins)."""
+        self._health_rewrite = True
+        if self._health_writer is None or self._health_writer.done():
+            self._health_writer = asyncio.get_running_loop().create_task(
+                self._write_health()
+            )
+
+    async def _write_health(self) -> None:
+        while self._health_rewrite:
+            self._health_rewrite = False
+            text = json.dumps(self.health.snapshot(time.time()), indent=1) + "\n"
+            try:
+                await fileio.write_text(self.workdir / HEALTH_FILE, text)
+            except OSError as exc:
+                logger.debug("cannot write %s: %s", HEALTH_FILE, exc)
+                return
 
     def _ensure_prober(self) -> None:
         if self._prober is None or self._prober.done():
@@ -797,6 +829,7 @@ class SshScheduler(Scheduler):
         async def check(name: str, items: list[tuple[int, Job, int, int]]) -> None:
             host = self.hosts[name]
             try:
+                self._raise_if_cut_off(host)
                 reply = await host.run(
                     remote.dead_among([(pid, start) for _, _, pid, start in items])
                 )
@@ -826,6 +859,13 @@ class SshScheduler(Scheduler):
                 tg.create_task(check(name, items))
         return result
 
+    def _raise_if_cut_off(self, host: _Host, more: str = "") -> None:
+        """A host that is down with no connection open: say so at once
+        rather than wait for a connect (a stop or a poll cycle must not)."""
+        rec = self.health.health_of(host.name)
+        if rec.is_down and host.pool.stats().connections == 0:
+            raise SshConnectError(host.label, f"the host is down ({rec.reason}){more}")
+
     # ----------------------------------------------------------------- kill
     async def kill_job_and_update_status(self, job: Job) -> None:
         host = self._unshared_host(job)
@@ -839,14 +879,7 @@ class SshScheduler(Scheduler):
             return
         name, pid, start = parsed
         host = self.hosts[name]
-        if self.health.health_of(name).is_down and host.pool.stats().connections == 0:
-            # Waiting on a connect would hold up the stop; the job cannot be
-            # reached now (a host that lost its jobs is reported by lost_after).
-            raise SshConnectError(
-                host.label,
-                f"the host is down ({self.health.health_of(name).reason}); "
-                f"job {job.index} (pid {pid}) may still run there",
-            )
+        self._raise_if_cut_off(host, f"; job {job.index} (pid {pid}) may still run there")
         try:
             async with asyncio.timeout(KILL_ROUND_TRIP):
                 reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
