@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import secrets
 import shlex
@@ -55,7 +54,6 @@ from ...ssh.health import (
     HOST_COOLDOWN,
     PROBE_BACKOFF,
     PROBE_MAX_INTERVAL,
-    Change,
     HostHealth,
 )
 from ...status import JobStatus
@@ -63,6 +61,7 @@ from ...wrapper import render
 from . import remote, unshared
 from .options import CONNECTION_KEYS, ServerSpec, parse_servers
 from .placement import HostSlots, Placement
+from .watch import HostWatch
 
 logger = logging.getLogger("xqute_ssh")
 
@@ -74,9 +73,6 @@ LAUNCH_ADOPT_WAIT = 3.0
 LAUNCH_STOP_WAIT = 3.0
 #: Bound on each round trip of a kill, so a stop never waits on a dead host.
 KILL_ROUND_TRIP = 5.0
-#: In the workdir: each host's health, rewritten when a host goes down or
-#: comes back (``xqute-ssh status`` shows the hosts that are down).
-HEALTH_FILE = ".xqute-hosts.json"
 
 
 def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
@@ -257,7 +253,7 @@ class SshScheduler(Scheduler):
             raise ConfigError(f"probe_backoff must be >= 1, got {probe_backoff!r}")
         self.hosts: dict[str, _Host] = {
             s.name: _Host(
-                s, self.workdir, functools.partial(self._on_connect, s.name)
+                s, self.workdir, functools.partial(self._connected, s.name)
             )
             for s in self.servers
         }
@@ -274,11 +270,9 @@ class SshScheduler(Scheduler):
                 for n, h in self.hosts.items()
             },
         )
-        self._health_changed = asyncio.Event()
-        self._health_writer: asyncio.Task[None] | None = None
-        self._health_rewrite = False
-        self._prober: asyncio.Task[None] | None = None
-        self._probes: set[asyncio.Task[None]] = set()
+        self.watch = HostWatch(
+            self.health, self._probe_host, self.workdir, lambda: self._slot_freed.set()
+        )
         self.lost_after = lost_after
         # A job can only run where a slot is; never admit more than all hosts hold.
         if self.forks > self.placement.capacity:
@@ -300,13 +294,7 @@ class SshScheduler(Scheduler):
 
     async def shutdown(self) -> None:
         await super().shutdown()
-        if self._prober is not None:
-            self._prober.cancel()
-        for task in list(self._probes):
-            task.cancel()
-        if self._health_writer is not None:
-            with contextlib.suppress(Exception):
-                await self._health_writer
+        await self.watch.close()
 
         async def flush(host: _Host) -> None:
             if host.pending_rm and self.health.usable(host.name):
@@ -322,105 +310,16 @@ class SshScheduler(Scheduler):
             *(h.pool.close() for h in self.hosts.values()), return_exceptions=True
         )
 
-    # ------------------------------------------------------------ health
-    def _on_connect(self, name: str, exc: BaseException | None) -> None:
-        """What a pool saw on connecting: feed the host's health."""
-        if exc is None:
-            self._log_change(self.health.succeeded(name))
-        else:
-            self._host_failed(name, exc)
+    def _connected(self, name: str, exc: BaseException | None) -> None:
+        self.watch.connected(name, exc)
 
-    def _host_failed(self, name: str, exc: BaseException) -> None:
-        permanent = isinstance(exc, ConfigError) or (
-            isinstance(exc, SshError) and not exc.retryable
-        )
-        reason = str(exc)
-        label = self.hosts[name].label
-        if reason.startswith(label + ": ") or reason.startswith(
-            self.hosts[name].spec.config.address + ": "
-        ):
-            reason = reason.split(": ", 1)[1]
-        self._log_change(self.health.failed(name, reason, permanent=permanent))
-
-    def _log_change(self, change: Change | None) -> None:
-        """One line per host going down or coming back, never one per job."""
-        if change is None:
-            return
-        label = self.hosts[change.name].label
-        if change.up and change.first:
-            logger.debug("host %s is up", label)
-        elif change.up:
-            logger.warning("host %s is back: it takes jobs again", label)
-        elif change.permanent:
-            logger.warning(
-                "host %s is unusable, it gets no jobs in this run: %s", label, change.reason
-            )
-        else:
-            logger.warning(
-                "host %s is down, it gets no jobs until it answers again "
-                "(probed in the background, first in %gs): %s",
-                label,
-                self.health.cooldown,
-                change.reason,
-            )
-        self._health_changed.set()
-        self._slot_freed.set()
-        self._health_to_disk()
-
-    def _health_to_disk(self) -> None:
-        """Rewrite the host file soon (one writer; the last state wins)."""
-        self._health_rewrite = True
-        if self._health_writer is None or self._health_writer.done():
-            self._health_writer = asyncio.get_running_loop().create_task(
-                self._write_health()
-            )
-
-    async def _write_health(self) -> None:
-        while self._health_rewrite:
-            self._health_rewrite = False
-            text = json.dumps(self.health.snapshot(time.time()), indent=1) + "\n"
-            try:
-                await fileio.write_text(self.workdir / HEALTH_FILE, text)
-            except OSError as exc:
-                logger.debug("cannot write %s: %s", HEALTH_FILE, exc)
-                return
-
-    def _ensure_prober(self) -> None:
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
-
-    async def _probe_loop(self) -> None:
-        """Probe hosts not known to answer (first use, then after failures)."""
-        while True:
-            for name in self.health.due_probes():
-                task = asyncio.get_running_loop().create_task(self._probe(name))
-                self._probes.add(task)
-                task.add_done_callback(self._probes.discard)
-            self._health_changed.clear()
-            wait = self.health.next_probe_in()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._health_changed.wait()
-
-    async def _probe(self, name: str) -> None:
-        """One connect and one round trip; the outcome goes to the health."""
+    async def _probe_host(self, name: str) -> None:
+        """One probe (for the HostWatch): readiness once, then a round trip."""
         host = self.hosts[name]
-        try:
-            if host.probe is None:
-                await host.ensure_ready(self.workdir)
-            else:
-                await host.run(":", timeout=host.spec.config.connect_timeout)
-        except asyncio.CancelledError:
-            raise
-        except (SshError, ConfigError) as exc:
-            self._host_failed(name, exc)
-        except Exception as exc:  # a bug: say so, and keep the host out
-            logger.exception("%s: probe failed unexpectedly", host.label)
-            self._host_failed(name, SshError(host.label, repr(exc)))
+        if host.probe is None:
+            await host.ensure_ready(self.workdir)
         else:
-            self._log_change(self.health.succeeded(name))
-        finally:
-            self._health_changed.set()
+            await host.run(":", timeout=host.spec.config.connect_timeout)
 
     # ------------------------------------------------------------ placement
     async def _reserve(self, job: Job, avoid: set[str]) -> _Host:
@@ -429,7 +328,7 @@ class SshScheduler(Scheduler):
         Raises CancelledError once the run stops, JobSubmissionError when
         every host is down for good (the message names each host and why).
         """
-        self._ensure_prober()
+        self.watch.start()
         while True:
             if self.stopping:
                 raise asyncio.CancelledError
@@ -576,7 +475,7 @@ class SshScheduler(Scheduler):
                 # Unreachable or unusable: the host is out of placement (one
                 # warning, from the health) and the job goes elsewhere.
                 logger.debug("job %s: %s; trying another host", job.index, exc)
-                self._host_failed(host.name, exc)
+                self.watch.failed(host.name, exc)
                 continue
             except BaseException:
                 self.placement.release(host.name, job.index)
