@@ -228,3 +228,27 @@ def test_messages_name_hosts_by_their_labels(clock) -> None:
     h.due_probes()
     h.failed("a", "connection refused")
     assert h.hopeless(30) == "every host is down: a (root@10.0.0.1:22): connection refused"
+
+
+def test_live_view_lists_the_hosts_that_are_down(clock) -> None:
+    import io
+
+    from rich.console import Console
+
+    from xqute_ssh.cli.progress import LiveView, _hosts_down
+    from xqute_ssh.cli.tally import Tally
+
+    h = HostHealth(["a", "b"], clock=clock, labels={"a": "a (root@10.0.0.1:22)"})
+    h.due_probes()
+    h.succeeded("b")
+    h.failed("a", "connection refused")
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=False)
+    view = LiveView(console, Tally(total=3))
+    view.hosts_down = lambda: _hosts_down(h)
+    console.print(view.render())
+    assert "host a (root@10.0.0.1:22) is down: connection refused" in buf.getvalue()
+    h.succeeded("a")
+    buf.truncate(0)
+    console.print(view.render())
+    assert "is down" not in buf.getvalue()
