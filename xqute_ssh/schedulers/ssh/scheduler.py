@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import secrets
 import shlex
 import tempfile
@@ -33,6 +34,7 @@ from typing import Any
 import asyncssh
 
 from ... import fileio, staging
+from ...attempt import AttemptRecord
 from ...errors import (
     ConfigError,
     JobSubmissionError,
@@ -48,6 +50,7 @@ from ...ssh.config import DEFAULT_KNOWN_HOSTS
 from ...status import JobStatus
 from ...wrapper import render
 from . import remote, unshared
+from .fencing import Fence, Verdict
 from .options import CONNECTION_KEYS, ServerSpec, parse_servers
 from .placement import HostSlots, Placement
 
@@ -180,7 +183,9 @@ class SshScheduler(Scheduler):
             shared_fs, ...}}`` or a list of ``"[user@]host[:port]"``.
         host_cooldown: seconds a host that failed to connect is skipped.
         lost_after: seconds a host may stay unreachable before the jobs that
-            were running there are reported lost (FAILED, naming the host).
+            were running there are given up (see ``fencing.py`` and
+            docs/reliability.md: a job whose attempt may still be alive is
+            never started elsewhere).
         Any server option at this level is a default for every server.
     """
 
@@ -232,6 +237,8 @@ class SshScheduler(Scheduler):
             self.forks = self.placement.capacity
         self._slot_freed = asyncio.Event()
         self._unreachable_since: dict[str, float] = {}
+        self._reported_alive: set[str] = set()
+        self.fence = Fence(lost_after)
 
     def __repr__(self) -> str:
         hosts = ", ".join(self.hosts)
@@ -307,6 +314,8 @@ class SshScheduler(Scheduler):
             spec.job_metadir = host.job_dir(job.index)
         if spec.cwd == old_job_dir:  # staging jobs run in their job dir
             spec.cwd = spec.job_metadir
+        if host.shared:
+            spec.heartbeat = self.fence.heartbeat_interval
         return render(spec)
 
     async def _stage_in(self, job: Job, host: _Host) -> None:
@@ -452,6 +461,10 @@ class SshScheduler(Scheduler):
                 return f"{host.name}:{pid}:{start}"
             await asyncio.sleep(0.1)
         return None
+
+    def launch_may_be_in_flight(self, job: Job, record: AttemptRecord) -> bool:
+        # "<server>:" is written just before the launch request goes out.
+        return bool(record.jid and record.jid.endswith(":") and not record.started)
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         if jid and jid.endswith(":") and jid[:-1] in self.hosts:
@@ -641,16 +654,12 @@ class SshScheduler(Scheduler):
                     remote.dead_among([(pid, start) for _, _, pid, start in items])
                 )
             except SshError as exc:
-                since = self._unreachable_since.setdefault(name, time.monotonic())
-                if time.monotonic() - since >= self.lost_after:
-                    for i, job, _, _ in items:
-                        result[i] = True
-                        job.extra["lost_reason"] = (
-                            f"host {host.label} has been unreachable for "
-                            f"{self.lost_after:.0f}s ({exc}); the job is lost"
-                        )
+                await self._fence_unreachable(host, items, result, exc)
                 return
-            self._unreachable_since.pop(name, None)
+            if self._unreachable_since.pop(name, None) is not None:
+                logger.warning("%s answers again", host.label)
+            for _, job, _, _ in items:
+                self.fence.forget(job.index)
             dead = remote.parse_pids(reply.stdout)
             for i, job, pid, _ in items:
                 if pid in dead:
@@ -665,6 +674,57 @@ class SshScheduler(Scheduler):
             for name, items in by_host.items():
                 tg.create_task(check(name, items))
         return result
+
+    async def _fence_unreachable(
+        self,
+        host: _Host,
+        items: list[tuple[int, Job, int, int]],
+        result: list[bool],
+        exc: SshError,
+    ) -> None:
+        """Jobs of a host that did not answer: which may be given up now
+        (fencing.py says why a job is never started elsewhere while its
+        attempt may be alive)."""
+        now = time.monotonic()
+        since = self._unreachable_since.setdefault(host.name, now)
+        away = now - since
+        beats = (
+            await fileio.to_thread(_heartbeats, [j for _, j, _, _ in items])
+            if host.shared
+            else {}
+        )
+        waiting_alive = 0
+        for i, job, _, _ in items:
+            verdict = self.fence.verdict(job.index, beats.get(job.index), away, now)
+            if verdict == Verdict.WAIT:
+                if away >= self.lost_after:
+                    waiting_alive += 1
+                continue
+            result[i] = True
+            self.fence.forget(job.index)
+            if verdict == Verdict.DEAD:
+                job.extra["lost_reason"] = (
+                    f"host {host.label} has been unreachable for {away:.0f}s "
+                    f"({exc}) and the job's heartbeat has not changed for "
+                    f"{self.fence.lease:.0f}s: taken as dead"
+                )
+            else:
+                job.extra["fenced"] = (
+                    f"its attempt may still run on {host.label}, unreachable for "
+                    f"{away:.0f}s"
+                )
+                job.extra["lost_reason"] = (
+                    f"host {host.label} has been unreachable for {away:.0f}s "
+                    f"({exc}); the job is given up, but its attempt may still run "
+                    "there, so it is not started elsewhere and its files are left "
+                    "for a later run on this workdir to settle"
+                )
+        if waiting_alive and host.name not in self._reported_alive:
+            self._reported_alive.add(host.name)
+            logger.warning(
+                "%s has been unreachable for %.0fs, but the heartbeats of %d of its "
+                "jobs go on: waiting for them", host.label, away, waiting_alive,
+            )
 
     # ----------------------------------------------------------------- kill
     async def kill_job_and_update_status(self, job: Job) -> None:
@@ -693,6 +753,20 @@ class SshScheduler(Scheduler):
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
+
+
+def _heartbeats(jobs: Sequence[Job]) -> dict[int, int]:
+    """The mtime of each job's job.heartbeat (shared workdir), if any.
+
+    Blocking but cheap (a stat per job of a host that stopped answering,
+    once per recheck)."""
+    out: dict[int, int] = {}
+    for job in jobs:
+        try:
+            out[job.index] = os.stat(str(job.metadir.path / "job.heartbeat")).st_mtime_ns
+        except (OSError, TypeError):
+            continue
+    return out
 
 
 def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:
