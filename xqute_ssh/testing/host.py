@@ -235,6 +235,17 @@ class SshdHost:
             self._sshd_pid = None
             log.debug("%s stopped", self.name)
 
+    def stop_sshd(self) -> None:
+        """Kill sshd only (the listener and every connection), as when the
+        SSH server crashes and stays down: clients see their connections
+        drop and new ones refused, while what logins started (detached jobs)
+        runs on.  :meth:`start` brings sshd back."""
+        with self._lock:
+            if self._reaper is not None:
+                self._kill(self._sshd_processes)
+            self._sshd_pid = None
+            log.debug("%s sshd stopped", self.name)
+
     def start(self) -> None:
         """Start sshd (no-op if running) on the same address, port and key."""
         with self._lock:

@@ -139,6 +139,8 @@ class _Host:
                     f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
                     "old; xqute_ssh needs bash 4.3 or newer",
                 )
+            if self.shared is True:
+                await self.check_shared_writable(workdir)
             if self.shared is None:
                 self.shared = await self._sees_workdir(workdir)
                 logger.info(
@@ -162,16 +164,49 @@ class _Host:
             logger.info("%s ready (bash %s)", self.label, probe.bash_version)
 
     async def _sees_workdir(self, workdir: SpecPath) -> bool:
-        """Write a random token locally; is it readable at the mounted path?"""
-        token = secrets.token_hex(16)
+        """Does this host see the workdir, and can it write there?
+
+        We write a random token locally and the host reads it at the mounted
+        path; the host writes another one back, which we must read here.  A
+        workdir the host sees but cannot write (mounted read-only, say) is
+        reported once, with the host's own error, and the host runs its jobs
+        in a remote directory instead (or, with ``shared_fs=True``, is not
+        used)."""
+        token, answer = secrets.token_hex(16), secrets.token_hex(16)
         name = f".xqute-fs-check-{token[:12]}"
-        local = workdir / name
+        local, back = workdir / name, workdir / f"{name}.reply"
         await fileio.write_text(local, token + "\n")
         try:
-            reply = await self.run(unshared.fs_token_check(str(self.workdir / name)))
+            reply = await self.run(
+                unshared.fs_token_check(
+                    str(self.workdir / name), str(self.workdir / back.name), answer
+                )
+            )
+            seen, write_error = unshared.parse_token_check(reply.stdout)
+            written = (await fileio.read_text(back) or "").strip()
         finally:
-            await fileio.unlink(local)
-        return reply.stdout.strip() == token
+            await fileio.unlink_many([local, back])
+        if seen != token:
+            return False
+        if write_error is None and written == answer:
+            return True
+        cause = write_error or "what it wrote did not arrive in the workdir"
+        logger.warning(
+            "%s sees the workdir %s but cannot write to it (%s): its jobs run in "
+            "a remote directory instead and their files are fetched back",
+            self.label, self.workdir, cause,
+        )
+        return False
+
+    async def check_shared_writable(self, workdir: SpecPath) -> None:
+        """``shared_fs=True``: the workdir must be writable from here."""
+        if not await self._sees_workdir(workdir):
+            raise SshError(
+                self.label,
+                f"shared_fs=True, but this host cannot see or write the workdir "
+                f"at {self.workdir} (see the warning above); fix the mount or "
+                "set shared_fs='auto'",
+            )
 
 
 class SshScheduler(Scheduler):
@@ -335,7 +370,9 @@ class SshScheduler(Scheduler):
                     await sftp.makedirs(parent, exist_ok=True)
                     await sftp.put(str(item.source), dest, recurse=True, preserve=True)
         except (OSError, asyncssh.Error) as exc:
-            raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
+            raise JobSubmissionError(
+                f"{host.label}: stage_in failed: {_sftp_hint(exc)}"
+            ) from exc
 
     async def _stage_out_remote(self, job: Job, host: _Host, job_dir: str) -> list[str]:
         errors = []
@@ -352,7 +389,7 @@ class SshScheduler(Scheduler):
                         continue
                     await sftp.get(src, str(dst), recurse=True, preserve=True)
         except (OSError, asyncssh.Error, SshError) as exc:
-            errors.append(f"stage_out from {host.label} failed: {exc}")
+            errors.append(f"stage_out from {host.label} failed: {_sftp_hint(exc)}")
         return errors
 
     async def stage_job_out(self, job: Job) -> list[str]:
@@ -601,7 +638,7 @@ class SshScheduler(Scheduler):
                 await fileio.to_thread(
                     _write_outputs, job, fetched.stdout, fetched.stderr
                 )
-        except (SshError, OSError) as exc:
+        except (SshError, OSError, asyncssh.Error) as exc:
             logger.warning(
                 "job %s: cannot fetch its files from %s: %s", job.index, host.label, exc
             )
@@ -618,22 +655,59 @@ class SshScheduler(Scheduler):
         return status
 
     async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
-        """Large outputs: SFTP straight into the local files, in chunks (a
-        cloud workdir: into a temporary file first, then uploaded)."""
-        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-            for name, dest in (
-                ("job.stdout", job.stdout_file),
-                ("job.stderr", job.stderr_file),
-            ):
-                if not await sftp.exists(f"{job_dir}/{name}"):
-                    continue
-                if not dest.is_cloud:
-                    await sftp.get(f"{job_dir}/{name}", str(dest))
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = Path(tmp) / name
-                    await sftp.get(f"{job_dir}/{name}", str(local))
-                    await fileio.to_thread(fileio.upload_sync, local, dest)
+        """Large outputs: streamed over an exec channel (``cat``) straight
+        into the local files, in chunks, never whole in memory (a cloud
+        workdir: into a temporary file first, then uploaded).  No SFTP, so
+        hosts without an SFTP subsystem work too."""
+        for name, dest in (
+            ("job.stdout", job.stdout_file),
+            ("job.stderr", job.stderr_file),
+        ):
+            src = f"{job_dir}/{name}"
+            if not dest.is_cloud:
+                await self._cat_into(host, src, Path(str(dest.path)))
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / name
+                await self._cat_into(host, src, local)
+                await fileio.to_thread(fileio.upload_sync, local, dest)
+
+    async def _cat_into(self, host: _Host, src: str, dest: Path) -> None:
+        """Copy a remote file into ``dest`` over one exec channel.
+
+        A nonce line goes first: whatever the user's rc files print on
+        the channel before our command runs is skipped, not copied.
+        """
+        mark = ("xq-" + secrets.token_hex(16)).encode()
+        command = f"printf '%s\\n' {mark.decode()}; exec cat -- {shlex.quote(src)}"
+        out = await fileio.to_thread(open, dest, "wb")
+        try:
+            async with host.pool.connection() as conn:
+                async with conn.create_process(
+                    command, encoding=None, stdin=asyncssh.DEVNULL,
+                    stderr=asyncssh.DEVNULL,
+                ) as proc:
+                    head: bytes | None = b""
+                    while True:
+                        chunk = await proc.stdout.read(1 << 16)
+                        if not chunk:
+                            break
+                        if head is not None:
+                            head += chunk
+                            at = head.find(mark + b"\n")
+                            if at < 0:
+                                continue
+                            chunk, head = head[at + len(mark) + 1 :], None
+                        if chunk:
+                            await fileio.to_thread(out.write, chunk)
+                    await proc.wait()
+                    if head is not None or proc.exit_status not in (0, None):
+                        raise SshError(
+                            host.label,
+                            f"could not read {src} (exit status {proc.exit_status})",
+                        )
+        finally:
+            await fileio.to_thread(out.close)
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
         """One round trip per host for all of its active jobs."""
@@ -753,6 +827,20 @@ class SshScheduler(Scheduler):
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
+
+
+def _sftp_hint(exc: BaseException) -> str:
+    """An SFTP failure, saying what to do when the subsystem is missing."""
+    if isinstance(exc, asyncssh.ChannelOpenError | asyncssh.ProcessError) or (
+        "subsystem" in str(exc).lower() or "session request failed" in str(exc).lower()
+    ):
+        return (
+            f"{exc}: staging files to or from a host without the workdir needs "
+            "the host's SFTP subsystem ('Subsystem sftp ...' in its sshd_config), "
+            "which it does not seem to offer; enable it, or run the job on a "
+            "host that shares the workdir"
+        )
+    return str(exc)
 
 
 def _heartbeats(jobs: Sequence[Job]) -> dict[int, int]:

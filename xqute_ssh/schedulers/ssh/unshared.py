@@ -35,9 +35,28 @@ def default_remote_workdir(home: str, workdir: str) -> PurePosixPath:
     return PurePosixPath(home or "/tmp") / ".cache" / "xqute-ssh" / key[:16]
 
 
-def fs_token_check(mounted_token: str) -> str:
-    """Print the token file's content as the host sees it (empty if unseen)."""
-    return f"cat -- {_q(mounted_token)} 2>/dev/null; echo"
+def fs_token_check(mounted_token: str, mounted_reply: str, reply: str) -> str:
+    """Print the token file's content as the host sees it (empty if unseen),
+    then write ``reply`` into ``mounted_reply`` and say whether that worked
+    ("xq-write-ok", or "xq-write-failed" and the shell's error): a workdir
+    the host can read but not write is found here, before jobs go there."""
+    return (
+        f"cat -- {_q(mounted_token)} 2>/dev/null; echo; "
+        f"if xq_err=$( {{ printf '%s\\n' {_q(reply)} > {_q(mounted_reply)}; }} 2>&1 ); "
+        'then echo xq-write-ok; else echo "xq-write-failed $xq_err"; fi'
+    )
+
+
+def parse_token_check(text: str) -> tuple[str, str | None]:
+    """(the token the host read, None if it could write or the error)."""
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    for line in lines[1:]:
+        if line.startswith("xq-write-ok"):
+            return token, None
+        if line.startswith("xq-write-failed"):
+            return token, line[len("xq-write-failed") :].strip() or "write failed"
+    return token, "no answer to the write test"
 
 
 def launch(job_dir: str, script: str) -> str:
