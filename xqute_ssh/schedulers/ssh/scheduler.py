@@ -655,10 +655,10 @@ class SshScheduler(Scheduler):
         return status
 
     async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
-        """Large outputs: streamed over an exec channel (``cat``) straight
-        into the local files, in chunks, never whole in memory (a cloud
-        workdir: into a temporary file first, then uploaded).  No SFTP, so
-        hosts without an SFTP subsystem work too."""
+        """Large outputs: copied in chunks straight into the local files,
+        never whole in memory (a cloud workdir: into a temporary file first,
+        then uploaded).  No SFTP, so hosts without an SFTP subsystem work
+        too."""
         for name, dest in (
             ("job.stdout", job.stdout_file),
             ("job.stderr", job.stderr_file),
@@ -673,39 +673,29 @@ class SshScheduler(Scheduler):
                 await fileio.to_thread(fileio.upload_sync, local, dest)
 
     async def _cat_into(self, host: _Host, src: str, dest: Path) -> None:
-        """Copy a remote file into ``dest`` over one exec channel.
+        """Copy a remote file into ``dest``, one chunk per round trip over
+        the control session (``unshared.read_chunk``): memory stays bounded
+        by the chunk, and neither SFTP nor another channel is needed.
 
-        A nonce line goes first: whatever the user's rc files print on
-        the channel before our command runs is skipped, not copied.
+        (asyncssh's exec-channel streams were tried first: under a slow
+        reader their receive buffer grew without bound, ~50 MB for 100 MB.)
         """
-        mark = ("xq-" + secrets.token_hex(16)).encode()
-        command = f"printf '%s\\n' {mark.decode()}; exec cat -- {shlex.quote(src)}"
         out = await fileio.to_thread(open, dest, "wb")
         try:
-            async with host.pool.connection() as conn:
-                async with conn.create_process(
-                    command, encoding=None, stdin=asyncssh.DEVNULL,
-                    stderr=asyncssh.DEVNULL,
-                ) as proc:
-                    head: bytes | None = b""
-                    while True:
-                        chunk = await proc.stdout.read(1 << 16)
-                        if not chunk:
-                            break
-                        if head is not None:
-                            head += chunk
-                            at = head.find(mark + b"\n")
-                            if at < 0:
-                                continue
-                            chunk, head = head[at + len(mark) + 1 :], None
-                        if chunk:
-                            await fileio.to_thread(out.write, chunk)
-                    await proc.wait()
-                    if head is not None or proc.exit_status not in (0, None):
-                        raise SshError(
-                            host.label,
-                            f"could not read {src} (exit status {proc.exit_status})",
-                        )
+            offset = 0
+            while True:
+                snippet, mark = unshared.read_chunk(src, offset)
+                reply = await host.run(snippet)
+                data = unshared.parse_chunk(reply.stdout, mark)
+                if data is None:
+                    raise SshError(
+                        host.label, f"could not read {src} at byte {offset}"
+                    )
+                if data:
+                    await fileio.to_thread(out.write, data)
+                offset += len(data)
+                if len(data) < unshared.CHUNK:
+                    return
         finally:
             await fileio.to_thread(out.close)
 

@@ -3,8 +3,9 @@
 The wrapper travels with the launch request (base64, one round trip);
 statuses of all active jobs of a host are read in one round trip per poll;
 when a job ends its rc, stdout and stderr come back into the local metadir:
-in the same round trip as the end is noticed when they are small, streamed
-over SFTP when they are large (never whole in memory).  The remote job
+in the same round trip as the end is noticed when they are small, in 1 MiB
+chunks over the same control session when they are large (never whole in
+memory, and no SFTP subsystem needed).  The remote job
 directory is removed after a successful fetch unless ``keep_remote``.
 """
 
@@ -25,6 +26,9 @@ _q = shlex.quote
 
 #: Outputs up to this size come back inside the status round trip.
 SMALL_OUTPUT = 1 << 20
+
+#: Larger outputs come back in chunks of this size, one round trip each.
+CHUNK = 1 << 20
 
 FILES = ("job.pid", "job.stdout", "job.stderr", "job.status", "job.rc")
 
@@ -147,3 +151,26 @@ def parse_fetch(text: str, mark: str) -> Fetched | None:
     if len(data) != size_out + size_err:
         return None  # still being written: try again next cycle
     return Fetched(rc=rc, stdout=data[:size_out], stderr=data[size_out:])
+
+
+def read_chunk(path: str, offset: int, size: int = CHUNK) -> tuple[str, str]:
+    """Print a nonce line, then up to ``size`` bytes of ``path`` from
+    ``offset`` (``tail -c +N`` seeks in a regular file); "xq-missing" in
+    place of the nonce when the file cannot be read."""
+    mark = "xq-" + secrets.token_hex(16)
+    p = _q(path)
+    snippet = (
+        f"if [ -r {p} ]; then printf '%s\\n' {mark}; "
+        f"tail -c +{int(offset) + 1} -- {p} | head -c {int(size)}; "
+        "else echo xq-missing; fi"
+    )
+    return snippet, mark
+
+
+def parse_chunk(text: str, mark: str) -> bytes | None:
+    """The chunk's bytes; None when the file could not be read."""
+    _, sep, rest = text.partition(mark + "\n")
+    if not sep:
+        return None
+    return rest.encode("utf-8", "surrogateescape")
+
