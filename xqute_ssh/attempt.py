@@ -68,23 +68,19 @@ class AttemptRecord:
 def decide(record: AttemptRecord, resume: bool) -> Action:
     """The rules (documented in docs/reliability.md).
 
-    * Another command's attempt is never reused (a running one is killed by
-      the caller after CHECK).
-    * ``resume`` (the default): an attempt that ended on its own is reported
-      as it ended; one that may run is checked (and re-attached).
-    * ``resume=False`` (a fresh run): ended attempts run again, but one that
-      still runs is re-attached, never doubled.
+    * An attempt with a final status has ended.  ``resume`` (the default):
+      reported as it ended if it is this command's and ended on its own (not
+      killed by a controller); otherwise, and in a fresh run, a new attempt.
+    * An attempt that may still run is checked on its host: re-attached if
+      it runs (another command's is killed first), never doubled.
     """
-    if record.same_command is False:
-        return Action.CHECK if record.started or record.launch_pending else Action.START
-    if (
-        resume
-        and record.started
-        and record.status is not None
-        and record.status.is_terminal
-        and not record.killed
-    ):
-        return Action.RECORDED
+    ended = record.status is not None and record.status.is_terminal
+    if ended:
+        # A final status is the wrapper's last act (or written once the
+        # process was gone): nothing of that attempt runs any more.
+        if resume and record.started and not record.killed and record.same_command is not False:
+            return Action.RECORDED
+        return Action.START
     if record.started or record.launch_pending:
         return Action.CHECK
     return Action.START

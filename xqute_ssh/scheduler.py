@@ -558,6 +558,9 @@ class Scheduler(ABC):
         # The job may have ended by itself meanwhile; keep what it wrote.
         written = JobStatus.parse(await fileio.read_text(job.status_file) or "")
         if written is not None and written.is_terminal:
+            if written == JobStatus.FINISHED:  # it succeeded on its own
+                with contextlib.suppress(OSError):
+                    await fileio.unlink(job.metadir / attempt.KILLED_FILE)
             await self.transition_job_status(job, written, is_killed=True)
         else:
             await self.transition_job_status(

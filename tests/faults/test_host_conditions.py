@@ -163,6 +163,16 @@ async def test_read_only_workdir_on_one_host_is_detected_once(
     assert f"{ro.address}:{ro.port}" in warnings[0]
     assert "Read-only file system" in warnings[0]
 
+    # shared_fs=True on that host: it is not used at all; the other host runs all
+    spec = servers(cluster, forks=4)
+    spec["host1"]["shared_fs"] = True
+    xq2 = Xqute("ssh", forks=8, workdir=wd, scheduler_opts={"servers": spec, "resume": False})
+    for i in range(8):
+        await xq2.feed(["bash", "-c", f"sleep 0.3; echo out {i}"])
+    await run(xq2)
+    assert [j.status for j in xq2.jobs] == [JobStatus.FINISHED] * 8
+    assert {parse_jid(j.jid)[0] for j in xq2.jobs} == {"host2"}  # type: ignore[index]
+
 
 # ------------------------------------------------------------------ BASH_ENV
 async def test_bash_env_output_appears_once(sshd_cluster_factory: Any, tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ class _Host:
         )
         self.probe: remote.ProbeResult | None = None
         self._probe_lock = asyncio.Lock()
+        #: Why this host cannot run jobs at all (found once by the probe).
+        self.unusable: SshError | None = None
         #: Whether this host sees the workdir (decided once, at first use).
         self.shared: bool | None = spec.shared_fs if spec.shared_fs != "auto" else None
         #: Where jobs run on a host without the workdir.
@@ -119,6 +121,8 @@ class _Host:
         async with self._probe_lock:
             if self.probe is not None:
                 return
+            if self.unusable is not None:
+                raise self.unusable
             result = await self.run(remote.PROBE)
             probe = remote.ProbeResult.parse(result.stdout)
             if not probe.has_bash:
@@ -140,7 +144,11 @@ class _Host:
                     "old; xqute_ssh needs bash 4.3 or newer",
                 )
             if self.shared is True:
-                await self.check_shared_writable(workdir)
+                try:
+                    await self.check_shared_writable(workdir)
+                except SshError as exc:
+                    self.unusable = exc  # said once; not probed again
+                    raise
             if self.shared is None:
                 self.shared = await self._sees_workdir(workdir)
                 logger.info(
