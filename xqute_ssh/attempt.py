@@ -101,7 +101,15 @@ def _command(text: str | None) -> Any:
 
 
 def read_record_sync(job: Job, pid_file: SpecPath) -> AttemptRecord:
-    """Read the record (blocking: run it in a worker thread)."""
+    """Read the record (blocking: run it in a worker thread).
+
+    A metadir that does not exist yet (a new run: the common case) costs one
+    check, not six reads."""
+    try:
+        if not job.metadir.path.exists():
+            return AttemptRecord(None, None, None, False, False, 0)
+    except OSError:
+        pass
     status_text, cmd_text, jid_text, pid_text, killed = (
         fileio.read_text_sync(p)
         for p in (

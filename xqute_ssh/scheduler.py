@@ -348,10 +348,12 @@ class Scheduler(ABC):
         """
         record = await attempt.read_record(job, self.pid_file(job))
         action = attempt.decide(record, self.resume)
+        if self.resume and record.same_command is not False:
+            # Earlier attempts count against num_retries, and a new failed
+            # attempt is archived after them, never over them.
+            job.trial_count = max(job.trial_count, record.trials)
         if action == Action.START:
             return False
-        if record.same_command is not False:
-            job.trial_count = record.trials
         if action == Action.RECORDED:
             assert record.status is not None
             await self.recover_jid(job, record.jid)
