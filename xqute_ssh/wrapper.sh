@@ -145,9 +145,6 @@ fi
 xq_hook_init
 xq_hook_prep
 
-# Killed before the command even started: do not start it.
-[ -n "$xq_killed" ] && { xq_rc=143; exit 143; }
-
 [ "$XQ_TIMEOUT" -gt 0 ] 2>/dev/null && xq_alarm "$XQ_TIMEOUT"
 [ "$XQ_HEARTBEAT" -gt 0 ] 2>/dev/null && xq_heartbeat
 
@@ -158,8 +155,14 @@ if [ -n "${XQ_BASH_ENV+x}" ]; then
     unset XQ_BASH_ENV
 fi
 
+# Killed before the command even started: do not start it.
+[ -n "$xq_killed" ] && { xq_rc=143; exit 143; }
+
 "${XQ_CMD[@]}" &
 xq_pid=$!
+# A signal for the group that landed between the check above and the fork
+# missed the command: pass it on (it reaches us too; the trap only notes it).
+[ -n "$xq_killed" ] && xq_signal_job "$xq_killed"
 
 # wait returns early when a trapped signal arrives; go on until the command
 # is really gone, then ask once more for its saved exit status.
