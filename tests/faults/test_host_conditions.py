@@ -24,10 +24,13 @@ async def run(xq: Xqute, timeout: float = 60) -> None:
         await xq.run_until_complete()
 
 
-def marker_job(markers: Path, i: int, sleep: float) -> list[str]:
+def gated_job(markers: Path, i: int) -> list[str]:
+    """Runs until the test creates ``markers/go`` (at most 60 s)."""
     return [
-        "bash", "-c", 'echo start >> "$1"; sleep "$2"; echo end >> "$1"',
-        "_", str(markers / str(i)), str(sleep),
+        "bash", "-c",
+        'echo start >> "$1"; for _ in $(seq 600); do [ -e "$2" ] && break; sleep 0.1; done; '
+        'echo end >> "$1"',
+        "_", str(markers / str(i)), str(markers / "go"),
     ]
 
 
@@ -52,7 +55,7 @@ async def test_sshd_down_longer_than_lost_after_jobs_not_rerun(
         },
     )
     for i in range(4):
-        await xq.feed(marker_job(markers, i, 10))
+        await xq.feed(gated_job(markers, i))
     caplog.set_level(logging.WARNING, logger="xqute_ssh")
     task = asyncio.create_task(run(xq))
     await wait_until(lambda: len(list(markers.iterdir())) == 4, 30, "all started")
@@ -60,6 +63,7 @@ async def test_sshd_down_longer_than_lost_after_jobs_not_rerun(
     await asyncio.to_thread(down.stop_sshd)
     await asyncio.sleep(6)  # the fault: sshd down for 4 x lost_after
     await down.astart()
+    (markers / "go").touch()
     await task
     assert [j.status for j in xq.jobs] == [JobStatus.FINISHED] * 4
     assert {read(markers / str(i)) for i in range(4)} == {"start\nend\n"}
@@ -81,7 +85,7 @@ async def test_unshared_host_unreachable_job_fenced_then_settled(
     markers.mkdir()
     opts = {"servers": servers(cluster, connect_retries=0), "lost_after": 1}
     xq = Xqute("ssh", workdir=hidden / "wd", error_strategy="retry", scheduler_opts=opts)
-    job = await xq.feed(marker_job(markers, 0, 10))
+    job = await xq.feed(gated_job(markers, 0))
     task = asyncio.create_task(run(xq))
     await wait_until(lambda: (markers / "0").exists(), 30, "started")
     name = parse_jid(job.jid or (await job.get_jid()))[0]  # type: ignore[index]
@@ -93,9 +97,10 @@ async def test_unshared_host_unreachable_job_fenced_then_settled(
     assert read(markers / "0") == "start\n"  # not retried on the other host
 
     await host.astart()
+    (markers / "go").touch()
     await wait_until(lambda: read(markers / "0") == "start\nend\n", 30, "job ended")
     again = Xqute("ssh", workdir=hidden / "wd", error_strategy="retry", scheduler_opts=opts)
-    job2 = await again.feed(marker_job(markers, 0, 10))
+    job2 = await again.feed(gated_job(markers, 0))
     await run(again)
     assert job2.status == JobStatus.FINISHED
     assert await job2.get_rc() == 0
