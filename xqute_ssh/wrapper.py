@@ -40,7 +40,7 @@ class WrapperSpec:
     cwd: str | None = None
     #: KILL what is left of the job's process group when it ends.
     kill_group_on_end: bool = False
-    #: Seconds between touches of job.heartbeat (0: none); see docs/reliability.md.
+    #: Seconds between touches of job.pid, the heartbeat (0: none); see fencing.py.
     heartbeat: float = 0
 
 

@@ -5,10 +5,11 @@ was cut).  Starting such a job elsewhere could run it twice, so a job is
 only treated as dead once that is known:
 
 * the host answers again and says the process is gone (the normal check);
-* where the workdir is shared, the job's ``job.heartbeat`` (touched by its
-  wrapper every few seconds) has not changed for ``lease`` seconds (at least
-  ``lost_after``): a lease that ran out.  A job whose heartbeat goes on is alive and waited for;
-  its own status file will tell when it ends;
+* where the workdir is shared, the job's heartbeat (the mtime of its
+  ``job.pid``, touched by its wrapper every few seconds) has not changed
+  for ``lease`` seconds (at least ``lost_after``): a lease that ran out.  A
+  job whose heartbeat goes on is alive and waited for; its own status file
+  will tell when it ends;
 * otherwise (no shared workdir, or no heartbeat to read) nothing here can
   tell: after ``lost_after`` the job is given up so the run can end
   (liveness), but it is *fenced*: never retried in this run and its files

@@ -842,14 +842,15 @@ def _sftp_hint(exc: BaseException) -> str:
 
 
 def _heartbeats(jobs: Sequence[Job]) -> dict[int, int]:
-    """The mtime of each job's job.heartbeat (shared workdir), if any.
+    """The mtime of each job's job.pid (shared workdir): the heartbeat its
+    wrapper touches.
 
     Blocking but cheap (a stat per job of a host that stopped answering,
     once per recheck)."""
     out: dict[int, int] = {}
     for job in jobs:
         try:
-            out[job.index] = os.stat(str(job.metadir.path / "job.heartbeat")).st_mtime_ns
+            out[job.index] = os.stat(str(job.metadir.path / "job.pid")).st_mtime_ns
         except (OSError, TypeError):
             continue
     return out
