@@ -60,7 +60,7 @@ async def test_sshd_down_longer_than_lost_after_jobs_not_rerun(
     task = asyncio.create_task(run(xq))
     await wait_until(lambda: len(list(markers.iterdir())) == 4, 30, "all started")
     down = cluster.hosts[0]
-    await asyncio.to_thread(down.stop_sshd)
+    await asyncio.to_thread(down.kill_sshd)
     await asyncio.sleep(6)  # the fault: sshd down for 4 x lost_after
     await down.astart()
     (markers / "go").touch()
@@ -90,7 +90,7 @@ async def test_unshared_host_unreachable_job_fenced_then_settled(
     await wait_until(lambda: (markers / "0").exists(), 30, "started")
     name = parse_jid(job.jid or (await job.get_jid()))[0]  # type: ignore[index]
     host = next(h for h in cluster.hosts if h.name == name)
-    await asyncio.to_thread(host.stop_sshd)
+    await asyncio.to_thread(host.kill_sshd)
     await task
     assert job.status == JobStatus.FAILED
     assert "not started elsewhere" in read(job.stderr_file.path)

@@ -235,17 +235,6 @@ class SshdHost:
             self._sshd_pid = None
             log.debug("%s stopped", self.name)
 
-    def stop_sshd(self) -> None:
-        """Kill sshd only (the listener and every connection), as when the
-        SSH server crashes and stays down: clients see their connections
-        drop and new ones refused, while what logins started (detached jobs)
-        runs on.  :meth:`start` brings sshd back."""
-        with self._lock:
-            if self._reaper is not None:
-                self._kill(self._sshd_processes)
-            self._sshd_pid = None
-            log.debug("%s sshd stopped", self.name)
-
     def start(self) -> None:
         """Start sshd (no-op if running) on the same address, port and key."""
         with self._lock:
@@ -279,6 +268,15 @@ class SshdHost:
                     self._kill(self._sshd_processes)
                 self._sshd_pid = None
             self.start()
+
+    def kill_sshd(self) -> None:
+        """Kill sshd (the listener and every connection) and leave it down,
+        as after a crash nobody restarted yet; what logins started lives on.
+        :meth:`start` brings sshd back."""
+        with self._lock:
+            if self._reaper is not None:
+                self._kill(self._sshd_processes)
+            self._sshd_pid = None
 
     async def astart(self) -> None:
         """:meth:`start` in a thread, for async tests."""
