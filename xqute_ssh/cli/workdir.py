@@ -122,7 +122,7 @@ def read_record(metadir: Path, index: int, now: float | None = None) -> JobRecor
             if changed is not None:
                 duration = max(0.0, changed - started)
     rc = _int(_read(metadir / "job.rc"))
-    if parsed == JobStatus.FAILED and rc == KILLED_RC:
+    if parsed == JobStatus.FAILED and (rc == KILLED_RC or _mtime(metadir / "job.killed")):
         status_name = "KILLED"  # as `run` showed it
     return JobRecord(
         index=index,
