@@ -46,7 +46,20 @@ for name in "${names[@]}"; do
     [ -n "$cmd" ] || { echo "check-fresh-machine: README.md has no command named $name" >&2; exit 1; }
     echo "== fresh machine: $name: $cmd"
     start=$(date +%s)
-    if ! bash "$tool" . "$cmd"; then
+    log=$(mktemp)
+    set +e
+    bash "$tool" . "$cmd" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # Tests inside may leave mounts (ip netns binds /run/netns) that keep
+    # fresh-machine.sh from removing its root: unmount them, remove the root.
+    root=$(sed -n 's/^fresh root: //p' "$log" | head -1)
+    rm -f "$log"
+    if [ -n "$root" ] && [ -d "$root" ] && [ -z "${KEEP:-}" ]; then
+        grep -o " $root/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
+        grep -q " $root/" /proc/mounts || rm -rf "$root"
+    fi
+    if [ "$status" != 0 ]; then
         echo "check-fresh-machine: the README's $name command failed on a fresh machine" >&2
         exit 1
     fi
