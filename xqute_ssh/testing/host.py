@@ -368,12 +368,6 @@ class SshdHost:
             )
 
     def _write_config(self) -> None:
-        user_lines = list(self._cluster.sshd_config)
-        overridden = set()
-        for line in user_lines:
-            if _util.keyword(line) == "match":
-                break  # keywords inside Match blocks do not replace defaults
-            overridden.add(_util.keyword(line))
         defaults = [
             ("ListenAddress", f"{self.address}:{self.port}"),
             ("HostKey", str(self.host_key)),
@@ -395,6 +389,16 @@ class SshdHost:
             # later login then waits 60 s for it.  Harmless elsewhere.
             ("SetEnv", "PYENV_REHASH_TIMEOUT=1"),
         ]
+        self._config_lines(defaults)
+
+    def _config_lines(self, defaults: list[tuple[str, str]]) -> None:
+        """Write sshd_config: ``defaults`` unless the user set the keyword, then theirs."""
+        user_lines = list(self._cluster.sshd_config)
+        overridden = set()
+        for line in user_lines:
+            if _util.keyword(line) == "match":
+                break  # keywords inside Match blocks do not replace defaults
+            overridden.add(_util.keyword(line))
         text = ["# written by xqute_ssh.testing; user lines come last (Match blocks)"]
         text += [f"{k} {v}" for k, v in defaults if k.lower() not in overridden]
         text += user_lines

@@ -130,7 +130,11 @@ def ensure_base(suite: str) -> None:
         _debootstrap(suite, tarball)
     with open(tarball, "rb") as fh:
         done = subprocess.run(
-            [docker_bin(), "import", "-", ref], stdin=fh, capture_output=True, text=True, timeout=600
+            [docker_bin(), "import", "-", ref],
+            stdin=fh,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     if done.returncode != 0:
         raise SshdUnavailable(f"cannot import {tarball} as {ref}: {done.stderr.strip()}")
