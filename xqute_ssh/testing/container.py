@@ -115,11 +115,14 @@ class ContainerHost(SshdHost):
         check: bool = False,
         input: str | None = None,
         timeout: float | None = 30,
+        as_root: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the container as the login user, from its home."""
+        """Run ``argv`` inside the container as the login user (or root), from
+        the login user's home: the files and processes the host's logins see."""
         if not self._created:
             raise HarnessError(f"{self.name}: its cluster is not started")
-        cmd = [docker_bin(), "exec", "-i", "-u", LOGIN_USER, "-w", f"/home/{LOGIN_USER}"]
+        user = "root" if as_root else LOGIN_USER
+        cmd = [docker_bin(), "exec", "-i", "-u", user, "-w", f"/home/{LOGIN_USER}"]
         return subprocess.run(
             [*cmd, self.container, *argv],
             capture_output=True,

@@ -7,8 +7,9 @@
   (mark such tests ``@pytest.mark.docker``; ``pytest -m docker`` runs them).
 
 Where sshd (or a feature asked for, such as ``netns``, or a running dockerd
-for containers) is unavailable the test is skipped with the install hint; when the ``CI`` environment variable is set
-it fails instead, because CI must never silently skip the SSH tests.
+for containers) is unavailable the test is skipped with the install hint;
+when the ``CI`` environment variable is set it fails instead, because CI must
+never silently skip the SSH tests.
 """
 
 from __future__ import annotations

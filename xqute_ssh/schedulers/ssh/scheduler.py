@@ -26,7 +26,7 @@ import shlex
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,6 +36,7 @@ from ... import fileio, staging
 from ...errors import (
     ConfigError,
     JobSubmissionError,
+    SftpUnavailable,
     SshConnectionLost,
     SshError,
     SshPoolClosed,
@@ -319,19 +320,21 @@ class SshScheduler(Scheduler):
         job_dir = host.job_dir(job.index)
         await host.pool.run_checked(f"umask 077; mkdir -p -- {shlex.quote(job_dir)}")
         try:
-            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+            async with host.pool.connection() as conn, _sftp(conn, host.label) as sftp:
                 for item in job.stage_in:
                     dest = staging.remote_path(job_dir, item.dest)
                     parent = str(PurePosixPath(dest).parent)
                     await sftp.makedirs(parent, exist_ok=True)
                     await sftp.put(str(item.source), dest, recurse=True, preserve=True)
+        except SftpUnavailable as exc:
+            raise JobSubmissionError(f"stage_in failed: {exc}") from None
         except (OSError, asyncssh.Error) as exc:
             raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
 
     async def _stage_out_remote(self, job: Job, host: _Host, job_dir: str) -> list[str]:
         errors = []
         try:
-            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+            async with host.pool.connection() as conn, _sftp(conn, host.label) as sftp:
                 for item in job.stage_out:
                     src = staging.remote_path(job_dir, item.source)
                     dst = staging.local_target(item, Path(str(job.metadir.path)))
@@ -561,6 +564,8 @@ class SshScheduler(Scheduler):
                 if status.is_terminal:
                     if not await self._fetch(job, host):
                         return  # try again next cycle
+                    if job.extra.pop("fetch_failed", False):
+                        status = JobStatus.FAILED
                 elif status == JobStatus.RUNNING and job.status == JobStatus.SUBMITTED:
                     await fileio.write_text(job.status_file, f"{int(status)}\n")
                 result[i] = status
@@ -577,6 +582,7 @@ class SshScheduler(Scheduler):
         """Bring rc, stdout, stderr and the status home; False if not possible."""
         job_dir = host.job_dir(job.index)
         snippet, mark = unshared.fetch_small(job_dir)
+        fetched: unshared.Fetched | None = None
         try:
             reply = await host.run(snippet)
             fetched = unshared.parse_fetch(reply.stdout, mark)
@@ -588,6 +594,15 @@ class SshScheduler(Scheduler):
                 await fileio.to_thread(
                     _write_outputs, job, fetched.stdout, fetched.stderr
                 )
+        except SftpUnavailable as exc:
+            # Permanent: retrying would poll forever.  Fail the job, saying why.
+            msg = f"xqute_ssh: cannot copy the job's output back: {exc}\n"
+            await fileio.to_thread(_write_outputs, job, b"", msg.encode())
+            await fileio.to_thread(_write_end, job, fetched.rc if fetched else "")
+            await fileio.write_text(job.status_file, f"{int(JobStatus.FAILED)}\n")
+            job.extra["fetch_failed"] = True
+            host.pending_rm.append(job_dir + "/job.pid")  # the output stays there
+            return True
         except (SshError, OSError) as exc:
             logger.warning(
                 "job %s: cannot fetch its files from %s: %s", job.index, host.label, exc
@@ -607,7 +622,7 @@ class SshScheduler(Scheduler):
     async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
         """Large outputs: SFTP straight into the local files, in chunks (a
         cloud workdir: into a temporary file first, then uploaded)."""
-        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+        async with host.pool.connection() as conn, _sftp(conn, host.label) as sftp:
             for name, dest in (
                 ("job.stdout", job.stdout_file),
                 ("job.stderr", job.stderr_file),
@@ -693,6 +708,30 @@ class SshScheduler(Scheduler):
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
+
+
+@contextlib.asynccontextmanager
+async def _sftp(
+    conn: asyncssh.SSHClientConnection, label: str
+) -> AsyncIterator[asyncssh.SFTPClient]:
+    """An SFTP client; SftpUnavailable when the server has no SFTP subsystem.
+
+    A server without one (Dropbear lacking sftp-server, sshd without
+    ``Subsystem sftp``) accepts the channel and then closes it, which asyncssh
+    reports as an SFTPError while the connection itself stays open.
+    """
+    try:
+        client = await conn.start_sftp_client()
+    except asyncssh.sftp.SFTPError as exc:
+        if conn.is_closed():
+            raise
+        raise SftpUnavailable(
+            label,
+            f"it has no SFTP server ({exc}); install one (Debian: openssh-sftp-server) "
+            "or enable 'Subsystem sftp' in its sshd_config",
+        ) from None
+    async with client:
+        yield client
 
 
 def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:
