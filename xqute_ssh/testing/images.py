@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,13 @@ MATRIX = ("openssh-bullseye", "openssh-bookworm", "openssh-trixie", "dropbear-bo
 NOBASH = "openssh-bookworm-nobash"
 MIRROR = "http://deb.debian.org/debian"
 
-_lock = threading.Lock()  # one build at a time per process
+_locks: dict[str, threading.Lock] = {}  # one build per image (and base) at a time
+_locks_lock = threading.Lock()
+
+
+def _lock_for(ref: str) -> threading.Lock:
+    with _locks_lock:
+        return _locks.setdefault(ref, threading.Lock())
 
 
 def cache_dir() -> Path:
@@ -100,7 +107,7 @@ def _label(ref: str, label: str) -> str | None:
 
 def ensure_image(image: HostImage) -> str:
     """The image's tag, built first if missing or stale (may take a minute)."""
-    with _lock:
+    with _lock_for(image.tag):
         digest = recipe_digest()
         if _label(image.tag, RECIPE_LABEL) == digest:
             return image.tag
@@ -121,8 +128,12 @@ def ensure_base(suite: str) -> None:
     tarball, debootstrapping it first if there is none.  Where debootstrap is
     missing, ``docker build`` pulls the base from a registry instead."""
     ref = f"debian:{suite}-slim"
-    if _label(ref, RECIPE_LABEL) is not None:
-        return
+    with _lock_for(ref):
+        if _label(ref, RECIPE_LABEL) is None:
+            _make_base(suite, ref)
+
+
+def _make_base(suite: str, ref: str) -> None:
     tarball = cache_dir() / f"debian-{suite}-minbase.tar"
     if not tarball.exists():
         if shutil.which("debootstrap") is None or os.geteuid() != 0:
@@ -159,15 +170,23 @@ def _debootstrap(suite: str, tarball: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or [*MATRIX, NOBASH]
-    for name in names:
-        t0 = time.monotonic()
+    """Build the named images (default: all the tests use), bases first;
+    independent steps run in parallel, as they mostly wait on the network."""
+    try:
+        images = [HostImage.parse(n) for n in (argv or [*MATRIX, NOBASH])]
+    except HarnessError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
         try:
-            tag = ensure_image(HostImage.parse(name))
+            list(pool.map(ensure_base, sorted({i.suite for i in images})))
+            print(f"base images ready in {time.monotonic() - t0:.1f} s", flush=True)
+            for tag in pool.map(ensure_image, images):
+                print(f"{tag} ready at {time.monotonic() - t0:.1f} s", flush=True)
         except HarnessError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
+            print(exc, file=sys.stderr)
             return 1
-        print(f"{tag} ready in {time.monotonic() - t0:.1f} s", flush=True)
     return 0
 
 
