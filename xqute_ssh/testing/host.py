@@ -90,6 +90,9 @@ class _ReaperPipe:
             self.proc.stdout.close()
 
 
+_KBD_NAMES = frozenset({"kbdinteractiveauthentication", "challengeresponseauthentication"})
+
+
 class _Bind(Exception):
     """sshd could not bind its port (someone took it): pick another one."""
 
@@ -376,7 +379,8 @@ class SshdHost:
             ("AllowUsers", self.user),
             ("PubkeyAuthentication", "yes"),
             ("PasswordAuthentication", "no"),
-            ("KbdInteractiveAuthentication", "no"),
+            # the old name: OpenSSH < 8.7 rejects the new one, later ones take both
+            ("ChallengeResponseAuthentication", "no"),
             ("PermitRootLogin", "prohibit-password"),
             ("StrictModes", "no"),  # base_dir is under /tmp
             ("UsePAM", "no"),
@@ -399,6 +403,8 @@ class SshdHost:
             if _util.keyword(line) == "match":
                 break  # keywords inside Match blocks do not replace defaults
             overridden.add(_util.keyword(line))
+        if overridden & _KBD_NAMES:  # one option, two names
+            overridden |= _KBD_NAMES
         text = ["# written by xqute_ssh.testing; user lines come last (Match blocks)"]
         text += [f"{k} {v}" for k, v in defaults if k.lower() not in overridden]
         text += user_lines
