@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from xqute_ssh import JobStatus, Xqute
-from xqute_ssh.schedulers.ssh import parse_jid
+from xqute_ssh.schedulers.ssh import parse_jid, unshared
 from xqute_ssh.testing import SshCluster
 from xqute_ssh.testing.images import MATRIX, NOBASH
 
@@ -49,6 +49,8 @@ def in_host(host: Any, script: str) -> str:
     assert done.returncode == 0, done.stderr
     return str(done.stdout)
 
+
+BIG_LINES = 400_000  # ~2.6 MB of output
 
 AWKWARD = ["with space", "q'uote", '$(id) `id` $HOME', "é漢", ""]
 
@@ -83,9 +85,16 @@ async def test_stage_in_and_out(sshd_cluster_factory, server, tmp_path: Path) ->
         stage_in=[data],
         stage_out={"out put.txt": str(result)},
     )
+    # an output too large for the control channel comes back over SFTP
+    big = await xq.feed(["bash", "-c", f"seq {BIG_LINES}; seq 3 >&2"])
     await run(xq)
     assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
     assert result.read_bytes() == b"line1\n\xff\nmore\n"
+    assert big.status == JobStatus.FINISHED, read(big.stderr_file.path)
+    expected = "".join(f"{i}\n" for i in range(1, BIG_LINES + 1)).encode()
+    assert len(expected) > unshared.SMALL_OUTPUT
+    assert big.stdout_file.path.read_bytes() == expected
+    assert read(big.stderr_file.path) == "1\n2\n3\n"
 
 
 async def test_a_job_killed_behind_our_back_is_failed(sshd_cluster_factory, server, tmp_path: Path) -> None:
