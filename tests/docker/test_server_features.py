@@ -87,3 +87,23 @@ async def test_host_without_sftp_server_fails_jobs_clearly(sshd_cluster_factory,
         assert "openssh-sftp-server" in read(job.stderr_file.path)
     assert small.status == JobStatus.FINISHED
     assert read(small.stdout_file.path) == "fine\n"
+
+
+async def test_openssh_penalty_lockout_is_explained(sshd_cluster_factory, tmp_path: Path) -> None:
+    """OpenSSH >= 9.8 drops every connection from an address after ~16 that
+    never tried to log in (here: host keys we rejected); say so, not just "lost"."""
+    host = sshd_cluster_factory(n=1, container="openssh-trixie").hosts[0]
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    for _ in range(30):
+        with contextlib.suppress(asyncssh.Error, OSError):
+            async with asyncssh.connect(**{**host.connect_options(), "known_hosts": str(empty)}):
+                pass
+    assert "penalty" in host.log_text()
+    spec = {**host.server_spec(), "connect_retries": 0}
+    xq = Xqute("ssh", workdir=tmp_path / "wd", scheduler_opts={"servers": {"c": spec}})
+    job = await xq.feed(["true"])
+    async with asyncio.timeout(60):
+        await xq.run_until_complete()
+    assert job.status == JobStatus.FAILED
+    assert "PerSourcePenalties" in read(job.stderr_file.path)
