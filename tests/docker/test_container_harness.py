@@ -131,3 +131,16 @@ def test_without_dockerd_skips_with_reason_or_fails_under_ci(tmp_path: Path, ci:
     else:
         assert done.returncode == 0 and "1 skipped" in out, out
     assert "dockerd is not running" in out or "docker CLI is not installed" in out, out
+
+
+@docker
+def test_containers_of_a_killed_run_are_removed_by_the_next(sshd_cluster_factory) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a harness pid that no longer runs
+    name = f"xqute-ssh-orphan-{os.getpid()}"
+    sshd_cluster_factory(n=1, container="openssh-bookworm")  # makes sure the image exists
+    _docker.docker(["create", "--name", name, "--label", f"org.xqute-ssh.owner={gone.pid}",
+                    "xqute-ssh-test:openssh-bookworm"])
+    sshd_cluster_factory(n=1, container="openssh-bookworm")
+    listed = _docker.docker(["ps", "--all", "--format", "{{.Names}}"]).stdout.split()
+    assert name not in listed
