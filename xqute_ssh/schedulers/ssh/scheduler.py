@@ -436,12 +436,19 @@ class SshScheduler(Scheduler):
         The wrapper writes job.pid ("pid starttime") first thing; if it
         appears, the job runs and is adopted instead of being started twice.
         """
-        if not exc.retryable or not host.shared:
-            return None
+        if not exc.retryable or host.probe is None:
+            return None  # probe not done: the launch was never sent
         pid_file = job.metadir / "job.pid"
+        remote_pid = "" if host.shared else shlex.quote(host.job_dir(job.index) + "/job.pid")
         deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
         while time.monotonic() < deadline:
-            text = await fileio.read_text(pid_file)
+            if host.shared:
+                text = await fileio.read_text(pid_file)
+            else:  # a host without the workdir: ask it (the pool reconnects)
+                try:
+                    text = (await host.run(f"cat -- {remote_pid} 2>/dev/null")).stdout
+                except SshError:
+                    text = None
             if text and len(text.split()) == 2:
                 pid, start = text.split()
                 self.placement.hold(host.name, job.index)
