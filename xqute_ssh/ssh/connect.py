@@ -159,7 +159,7 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
     if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
         # What sshd's MaxStartups does to excess unauthenticated connections,
         # and OpenSSH >= 9.8 to every connection from an address it penalises.
-        return SshConnectError(
+        err = SshConnectError(
             addr,
             f"connection dropped during the handshake ({exc}); the server may be "
             "limiting unauthenticated connections (OpenSSH MaxStartups) or refusing "
@@ -167,6 +167,8 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
             "rejected host keys (OpenSSH >= 9.8 PerSourcePenalties: its log says "
             "'penalty')",
         )
+        err.dropped = True
+        return err
     if isinstance(exc, asyncssh.DisconnectError):
         err = SshConnectError(addr, f"SSH handshake failed: {exc.reason or exc}")
         err.retryable = False
