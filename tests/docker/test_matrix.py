@@ -57,8 +57,10 @@ AWKWARD = ["with space", "q'uote", '$(id) `id` $HOME', "é漢", ""]
 
 async def test_jobs_run_and_outputs_come_back(sshd_cluster_factory, server, tmp_path: Path) -> None:
     cluster = sshd_cluster_factory(n=2, container=server)
-    xq = Xqute("ssh", forks=8, workdir=tmp_path / "wd", scheduler_opts={"servers": servers(cluster)})
-    code = 'printf "%s|" "$@"; echo "$V"; echo "to stderr" >&2; exit "$XQ_RC"'
+    # 3 slots per host and jobs that overlap: both hosts must take some
+    opts = {"servers": servers(cluster, forks=3)}
+    xq = Xqute("ssh", forks=8, workdir=tmp_path / "wd", scheduler_opts=opts)
+    code = 'printf "%s|" "$@"; echo "$V"; echo "to stderr" >&2; sleep 0.5; exit "$XQ_RC"'
     jobs = [
         await xq.feed(["bash", "-c", code, "_", *AWKWARD], envs={"V": "v'$x`y`", "XQ_RC": rc})
         for rc in (0, 3, 0, 0, 0, 3)
