@@ -87,7 +87,7 @@ async def test_stage_in_and_out(sshd_cluster_factory, server, tmp_path: Path) ->
         stage_in=[data],
         stage_out={"out put.txt": str(result)},
     )
-    # an output too large for the control channel comes back over SFTP
+    # an output over the small-reply limit comes back in chunks
     big = await xq.feed(["bash", "-c", f"seq {BIG_LINES}; seq 3 >&2"])
     await run(xq)
     assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
