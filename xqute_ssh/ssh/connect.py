@@ -150,12 +150,21 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
             cfg.label,
             f"authentication failed (tried: {_methods_tried(cfg)}). Check the "
             "user name, that the public key is in ~/.ssh/authorized_keys on the "
-            "server, or give keyfile=/password=.",
+            "server, or give keyfile=/password=. A passphrase-protected key "
+            "is skipped unless it is in ssh-agent (ssh-add) or "
+            "connect_options has its passphrase.",
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return SshHostKeyError(cfg.label, await _host_key_message(cfg))
-    if isinstance(exc, asyncssh.KeyImportError):
-        return ConfigError(f"{cfg.label}: cannot load a client key: {exc}")
+    if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
+        hint = ""
+        if "passphrase" in str(exc).lower():
+            hint = (
+                "; the key is passphrase-protected: load it into ssh-agent "
+                "(ssh-add KEY) and leave keyfile unset, or give the passphrase "
+                "as connect_options = {passphrase = \"...\"} (see docs/ssh.md)"
+            )
+        return ConfigError(f"{cfg.label}: cannot load a client key: {exc}{hint}")
     if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
         # What sshd's MaxStartups does to excess unauthenticated connections,
         # and OpenSSH >= 9.8 to every connection from an address it penalises.
