@@ -369,7 +369,9 @@ class SshScheduler(Scheduler):
         if host.probe is None:
             await host.ensure_ready(self.workdir)
         else:
-            await host.run(":", timeout=host.spec.config.connect_timeout)
+            # A fresh login, not a round trip over a connection that outlived
+            # the listener (that would call the host back while connects fail).
+            await host.pool.try_connect()
 
     # ------------------------------------------------------------ placement
     async def _reserve(self, job: Job, avoid: set[str]) -> _Host:
