@@ -55,6 +55,6 @@ def slurm_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmSite]:
 
 @pytest.fixture
 def site(slurm_site: SlurmSite) -> Iterator[SlurmSite]:
-    """The shared site; the test fails if it leaves slurmctld down."""
+    """The shared site; slurmctld is up again after each test."""
     yield slurm_site
-    slurm_site.slurm.wait_ready()
+    slurm_site.slurm.ensure_ctld()

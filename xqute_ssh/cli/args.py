@@ -157,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
         "scheduler defaults such as keyfile and known_hosts",
     )
     where.add_argument(
+        "--slurm",
+        metavar="LOGIN",
+        help="submit every job to Slurm with sbatch on this login node ([user@]host[:port]), over SSH",
+    )
+    where.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sbatch option for --slurm, e.g. partition=short or time=1:00:00 (repeatable)",
+    )
+    where.add_argument(
         "-j",
         "--jobs",
         type=_forks,
@@ -438,7 +450,14 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
     command = list(ns.command)
     if command and command[0] == "--":
         command = command[1:]
-    scheduler, opts, forks, flag = scheduler_options(ns.server, ns.servers_file, ns.jobs)
+    if ns.slurm:
+        from .slurm import slurm_options
+
+        scheduler, opts, forks, flag = slurm_options(
+            ns.slurm, ns.sbatch, ns.server, ns.servers_file, ns.jobs
+        )
+    else:
+        scheduler, opts, forks, flag = scheduler_options(ns.server, ns.servers_file, ns.jobs)
     commands = build_commands(command, ns.arg_file, ns.jobs_file)
     if ns.timeout is not None:
         opts["timeout"] = ns.timeout

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import threading
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ class SlurmCluster:
         self.min_job_age = min_job_age
         self.hostname = socket.gethostname()
         self.conf = self.dir / "slurm.conf"
-        self.munge_dir = self.dir / "munge"
+        # munged runs as the munge user, who must reach its directory: it
+        # lives directly under the system temp dir (test dirs are private).
+        self.munge_dir = Path(tempfile.mkdtemp(prefix="xqute-munge-"))
         self.munge_socket = self.munge_dir / "munge.socket"
         self.partition = "debug"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -130,6 +133,13 @@ class SlurmCluster:
         """(Re)start slurmctld; jobs keep their state across (StateSaveLocation)."""
         args = [self.tools["slurmctld"], "-D", "-f", str(self.conf)]
         self._spawn("slurmctld", args)
+
+    def ensure_ctld(self) -> None:
+        """Start slurmctld if it is not running (a test stopped it)."""
+        proc = self._procs.get("slurmctld")
+        if proc is None or proc.poll() is not None:
+            self.start_ctld()
+        self.wait_ready()
 
     def stop_ctld(self) -> None:
         self._stop_proc("slurmctld")
@@ -218,6 +228,9 @@ class SlurmCluster:
             "SlurmctldTimeout=30",
             "SlurmdTimeout=60",
             "KillWait=2",
+            # Clients give up on an unreachable slurmctld after about twice
+            # this (default 10 s: squeue then takes 18 s to fail).
+            "MessageTimeout=3",
             "InactiveLimit=0",
             f"MinJobAge={self.min_job_age}",
             "MaxJobCount=20000",
@@ -239,8 +252,7 @@ class SlurmCluster:
         for path in (self.munge_dir, key):
             os.chown(path, mu.pw_uid, mu.pw_gid)
         key.chmod(0o400)
-        self.munge_dir.chmod(0o700)
-        # munged wants its socket directory reachable by clients.
+        # Clients (root here) must reach the socket; nobody may list the key.
         self.munge_dir.chmod(0o711)
         args = [
             self.tools["munged"],
@@ -275,6 +287,7 @@ class SlurmCluster:
 
     def _stop_munge(self) -> None:
         self._stop_proc("munged")
+        shutil.rmtree(self.munge_dir, ignore_errors=True)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / "log" / f"{name}.out", "ab")  # noqa: SIM115
