@@ -127,7 +127,7 @@ async def test_slurmctld_restart_mid_run_loses_and_repeats_nothing(site: SlurmSi
     xq = Xqute("slurm", workdir=tmp_path / "wd", forks=8, scheduler_opts=site.opts())
     for cmd in cmds[:4]:
         await xq.feed(cmd)
-    runner = asyncio.create_task(xq.run_until_complete(keep_feeding=True))
+    await xq.run_until_complete(keep_feeding=True)  # returns at once
     await wait_until(lambda: all(j.jid and j.jid.isdigit() for j in xq.jobs), timeout=60)
     submitter = xq.scheduler.submitter  # type: ignore[attr-defined]
     await asyncio.to_thread(site.slurm.stop_ctld)
@@ -249,7 +249,8 @@ async def test_id_lost_between_sbatch_and_recording_is_found_again(site: SlurmSi
     assert jid and jid.isdigit()
     name = json.dumps(slurm_jobs(site, f"{jid}|")[0].split("|")[1])
     await sched.shutdown()
-    Path(job.jid_file.path).write_text(f"slurm:{json.loads(name)}\n")  # as if never recorded
+    # As if the controller died before recording the id:
+    await asyncio.to_thread(Path(job.jid_file.path).write_text, f"slurm:{json.loads(name)}\n")
 
     second = Xqute("slurm", workdir=wd, forks=1, scheduler_opts=site.opts())
     await second.feed(["bash", "-c", f"echo x >> {marker}; sleep 2"])

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--slurm",
         metavar="LOGIN",
-        help="submit every job to Slurm with sbatch on this login node ([user@]host[:port]), over SSH",
+        help="submit every job to Slurm with sbatch on this login node "
+        "([user@]host[:port]), over SSH",
     )
     where.add_argument(
         "--sbatch",

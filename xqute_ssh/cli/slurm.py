@@ -19,7 +19,7 @@ def slurm_options(
     servers: Sequence[str],
     servers_file: str | None,
     jobs: int | None,
-) -> tuple[str, dict[str, Any], int, str]:
+) -> tuple[str, dict[str, Any], int, str | None]:
     """Scheduler name, options, forks and flag for ``--slurm``."""
     from .args import UsageError
 

@@ -24,8 +24,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -175,13 +175,17 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
-                    raise HarnessError(f"{name} exited ({proc.returncode}):\n{self.log_tail(name)}")
+                    raise HarnessError(
+                        f"{name} exited ({proc.returncode}):\n{self.log_tail(name)}"
+                    )
             out = self.run("sinfo", "-h", "-o", "%T", check=False)
             last = (out.stdout + out.stderr).strip()
             if out.returncode == 0 and last.rstrip("*~#") in ("idle", "mixed", "allocated"):
                 return
             time.sleep(0.2)
-        raise HarnessError(f"the Slurm node never became ready ({last!r})\n{self.log_tail('slurmctld')}")
+        raise HarnessError(
+            f"the Slurm node never became ready ({last!r})\n{self.log_tail('slurmctld')}"
+        )
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.dir / "log" / f"{name}.log"
@@ -270,7 +274,7 @@ class SlurmCluster:
             os.setgroups([])
             os.setuid(mu.pw_uid)
 
-        log = open(self.dir / "log" / "munged.out", "ab")  # noqa: SIM115
+        log = open(self.dir / "log" / "munged.out", "ab")
         try:
             self._procs["munged"] = subprocess.Popen(
                 args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -290,7 +294,7 @@ class SlurmCluster:
         shutil.rmtree(self.munge_dir, ignore_errors=True)
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.dir / "log" / f"{name}.out", "ab")  # noqa: SIM115
+        log = open(self.dir / "log" / f"{name}.out", "ab")
         try:
             self._procs[name] = subprocess.Popen(
                 args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,

@@ -129,7 +129,8 @@ def submit_batch(subs: Sequence[Submission], sbatch: str, squeue: str) -> str:
             f"for _ in 1; do if [ -n \"$xq_stop\" ]; then echo 'xq-skip {idx}'; continue; fi; "
             f"{found}"
             f"if {write}; then {submit}; else "
-            f'echo "xq-err {idx} $(echo cannot write the job script in {_q(d)} | base64 | tr -d "\\n")"; '
+            f'echo "xq-err {idx} $(echo cannot write the job script in {_q(d)} '
+            '| base64 | tr -d "\\n")"; '
             "fi; done"
         )
     return "; ".join(parts)
@@ -233,4 +234,5 @@ def scancel(job_id: str, scancel_cmd: str) -> str:
 
 def scancel_hard(job_id: str, scancel_cmd: str) -> str:
     """Cancel the job outright (Slurm sends KILL after its KillWait)."""
-    return f"{_q(scancel_cmd)} -s KILL --full {int(job_id)} 2>/dev/null; {_q(scancel_cmd)} {int(job_id)} 2>/dev/null; :"
+    c, j = _q(scancel_cmd), int(job_id)
+    return f"{c} -s KILL --full {j} 2>/dev/null; {c} {j} 2>/dev/null; :"
