@@ -40,7 +40,7 @@ class SlurmSite:
 def slurm_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmSite]:
     require_sshd()
     try:
-        slurm = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=4)
+        slurm = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=16)
     except SshdUnavailable as exc:
         skip_or_fail(str(exc))
     slurm.start()

@@ -210,7 +210,9 @@ async def test_controller_killed_and_restarted_reattaches(site: SlurmSite, tmp_p
     script.write_text(CONTROLLER)
     counter = tmp_path / "runs"
     counter.mkdir()
-    args = [sys.executable, str(script), json.dumps(site.opts()), str(tmp_path / "wd"), str(counter)]
+    # 4 CPUs per job on the 16-CPU node: 4 run at once, 2 wait in the queue.
+    opts = site.opts(cpus_per_task=4)
+    args = [sys.executable, str(script), json.dumps(opts), str(tmp_path / "wd"), str(counter)]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wd = tmp_path / "wd"
 
@@ -219,8 +221,8 @@ async def test_controller_killed_and_restarted_reattaches(site: SlurmSite, tmp_p
         return all(t.strip().isdigit() for t in texts)
 
     deadline = time.monotonic() + 90
-    # The node runs 4 at once: kill the controller while 4 jobs run and 2
-    # wait in Slurm's queue, every id recorded.
+    # Kill the controller while 4 jobs run and 2 wait in Slurm's queue,
+    # every id recorded.
     while len(list(counter.iterdir())) < 4 or not ids_recorded():  # hang guard
         assert time.monotonic() < deadline, first.stderr.read() if first.poll() is not None else "timeout"
         await asyncio.sleep(0.05)
