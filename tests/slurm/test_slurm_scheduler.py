@@ -287,3 +287,13 @@ async def test_slurm_time_limit_fails_the_job_with_slurms_reason(site: SlurmSite
     (job,) = xq.jobs
     assert job.status == JobStatus.FAILED
     assert f"slurm: job {job.jid} ended TIMEOUT" in read(job.stderr_file.path)
+
+
+async def test_mounted_workdir_is_used_in_place(site: SlurmSite, tmp_path: Path) -> None:
+    """The cluster sees the workdir (here at the same path): nothing is copied."""
+    wd = tmp_path / "wd"
+    xq = await run(site, wd, [["bash", "-c", 'echo "$XQUTE_JOB_METADIR"']], mounted_workdir=str(wd))
+    (job,) = xq.jobs
+    assert job.status == JobStatus.FINISHED
+    assert read(job.stdout_file.path) == f"{wd / '0'}\n"
+    assert (wd / "0" / "job.slurm_id").read_text().strip() == job.jid

@@ -109,6 +109,7 @@ class SlurmScheduler(Scheduler):
         }
         # squeue every 0.1 s would annoy any cluster's admin.
         kwargs.setdefault("poll_interval", 1.0)
+        mounted = kwargs.get("mounted_workdir")
         super().__init__(*args, **kwargs)
         if not login or not isinstance(login, str):
             raise ConfigError(
@@ -134,8 +135,9 @@ class SlurmScheduler(Scheduler):
         self.commands = {"sbatch": sbatch, "squeue": squeue, "scancel": scancel}
         self.pool = HostPool(spec.config)
         self.label = spec.config.label
-        #: The cluster sees the controller's workdir at ``mounted_workdir``.
-        self.shared = str(self.workdir.mounted) != str(self.workdir.path)
+        #: The cluster sees the controller's workdir at ``mounted_workdir``
+        #: (which may be the same path).
+        self.shared = mounted is not None
         self.remote_root: PurePosixPath | None = None
         self._ready = False
         self._ready_lock = asyncio.Lock()

@@ -126,6 +126,7 @@ class Submitter:
                 self.label, len(batch), exc,
             )
             self._requeue(batch, str(exc), careful=True)
+            self._next_backoff(refused=True)
             return
         replies = commands.parse_submit(reply.stdout)
         again: list[_Pending] = []
@@ -155,11 +156,17 @@ class Submitter:
             self._requeue(again, message, careful=True)
         if skipped:
             self._requeue(skipped, message or "waiting for Slurm", careful=False)
-        if not again and not unknown:
+        self._next_backoff(refused=bool(again or unknown))
+
+    def _next_backoff(self, *, refused: bool) -> None:
+        """Double the pause after a refused round trip (once per round trip,
+        however many jobs it carried); none after one that went through."""
+        if refused:
+            self._backoff = min(BACKOFF_MAX, max(BACKOFF_START, self._backoff * 2))
+        else:
             self._backoff = 0.0
 
     def _requeue(self, items: list[_Pending], message: str, *, careful: bool) -> None:
-        self._backoff = min(BACKOFF_MAX, max(BACKOFF_START, self._backoff * 2))
         now = time.monotonic()
         keep = []
         for p in items:
@@ -179,8 +186,8 @@ class Submitter:
         if keep:
             self.retries += len(keep)
             logger.info(
-                "%s: Slurm refused %d submission(s) for now (%s); retrying in %.1fs",
-                self.label, len(keep), message, self._backoff,
+                "%s: Slurm refused %d submission(s) for now (%s); retrying",
+                self.label, len(keep), message,
             )
         # Retried jobs go first: they have waited longest.
         self._queue[:0] = keep
