@@ -144,6 +144,28 @@ async def test_slurmctld_restart_mid_run_loses_and_repeats_nothing(site: SlurmSi
         assert read(counter / str(i)) == "x\n", f"job {i} ran {read(counter / str(i))!r}"
 
 
+
+async def test_login_node_sshd_restart_mid_run(site: SlurmSite, tmp_path: Path) -> None:
+    """The connection to the login node drops while jobs run and more are
+    submitted: the pool reconnects, nothing is lost or run twice."""
+    counter = tmp_path / "runs"
+    counter.mkdir()
+    cmds = [["bash", "-c", f"echo x >> {counter}/$0; sleep 2", str(i)] for i in range(10)]
+    xq = Xqute("slurm", workdir=tmp_path / "wd", forks=10, scheduler_opts=site.opts())
+    for cmd in cmds[:5]:
+        await xq.feed(cmd)
+    await xq.run_until_complete(keep_feeding=True)  # returns at once
+    await wait_until(lambda: all(j.jid and j.jid.isdigit() for j in xq.jobs), timeout=60)
+    await asyncio.to_thread(site.login.restart)  # every connection drops
+    for cmd in cmds[5:]:
+        await xq.feed(cmd)
+    async with asyncio.timeout(180):
+        await xq.stop_feeding()
+    assert [j.status for j in xq.jobs] == [JobStatus.FINISHED] * 10
+    for i in range(10):
+        assert read(counter / str(i)) == "x\n", f"job {i} ran {read(counter / str(i))!r}"
+
+
 def _flaky_sbatch(tmp_path: Path) -> Path:
     """An sbatch that refuses first, then times out *after* submitting, then works.
 

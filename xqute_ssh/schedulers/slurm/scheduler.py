@@ -36,7 +36,7 @@ from ... import fileio
 from ...errors import ConfigError, SshError
 from ...job import Job
 from ...scheduler import DEFAULT_SHEBANG, Scheduler
-from ...ssh import HostPool
+from ...ssh import CommandResult, HostPool
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
 from ...status import JobStatus
 from ...wrapper import render
@@ -158,7 +158,7 @@ class SlurmScheduler(Scheduler):
             f"forks={self.forks}>"
         )
 
-    async def _run_for_submitter(self, snippet: str, timeout: float) -> Any:
+    async def _run_for_submitter(self, snippet: str, timeout: float) -> CommandResult:
         return await self.pool.run(snippet, timeout=timeout)
 
     async def shutdown(self) -> None:
@@ -240,8 +240,24 @@ class SlurmScheduler(Scheduler):
         return render(spec)
 
     # ------------------------------------------------------------ submit
+    async def _ready_or_wait(self) -> None:
+        """ensure_ready, waiting out a login node that is briefly unreachable
+        (up to ``submit_retry_time``) instead of failing every job at once."""
+        deadline = time.monotonic() + self.submitter.retry_time
+        delay = 1.0
+        while True:
+            try:
+                await self.ensure_ready()
+                return
+            except SshError as exc:
+                if not exc.retryable or time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("%s; retrying in %.0fs", exc, delay)
+            await asyncio.sleep(delay)  # back-off before reconnecting
+            delay = min(delay * 2, 30.0)
+
     async def submit_job(self, job: Job) -> str:
-        await self.ensure_ready()
+        await self._ready_or_wait()
         if job.stage_in or job.stage_out:
             raise ConfigError(
                 f"job {job.index}: stage_in/stage_out are not supported by the "
@@ -316,7 +332,11 @@ class SlurmScheduler(Scheduler):
         tracked = [(i, j) for i, j in enumerate(jobs) if j.jid and j.jid.isdigit()]
         if not tracked:
             return result
-        await self.ensure_ready()
+        try:
+            await self.ensure_ready()
+        except SshError as exc:
+            logger.debug("%s: cannot poll: %s", self.label, exc)
+            return result
         remove, self._pending_rm = self._pending_rm, []
         snippet = (
             commands.squeue([j.jid for _, j in tracked if j.jid], self.commands["squeue"])
