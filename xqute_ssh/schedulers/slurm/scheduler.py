@@ -150,6 +150,7 @@ class SlurmScheduler(Scheduler):
             squeue=squeue,
             batch_size=submit_batch_size,
             retry_time=submit_retry_time,
+            stopping=lambda: self.stopping,
         )
 
     def __repr__(self) -> str:
@@ -250,7 +251,11 @@ class SlurmScheduler(Scheduler):
                 await self.ensure_ready()
                 return
             except SshError as exc:
-                if not exc.retryable or time.monotonic() + delay > deadline:
+                if (
+                    not exc.retryable
+                    or self.stopping
+                    or time.monotonic() + delay > deadline
+                ):
                     raise
                 logger.warning("%s; retrying in %.0fs", exc, delay)
             await asyncio.sleep(delay)  # back-off before reconnecting

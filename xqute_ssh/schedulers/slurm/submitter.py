@@ -52,6 +52,7 @@ class Submitter:
         squeue: str,
         batch_size: int = 100,
         retry_time: float = 600.0,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._run = run
         self.label = label
@@ -59,6 +60,8 @@ class Submitter:
         self.squeue = squeue
         self.batch_size = batch_size
         self.retry_time = retry_time
+        #: True once the run stops: refused submissions are not retried.
+        self.stopping = stopping
         self._queue: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.0
@@ -171,6 +174,9 @@ class Submitter:
         keep = []
         for p in items:
             p.last_error = message or p.last_error
+            if self.stopping():
+                _fail(p, JobSubmissionError(f"{self.label}: the run is stopping ({p.last_error})"))
+                continue
             if now >= p.deadline:
                 _fail(
                     p,
