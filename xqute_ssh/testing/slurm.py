@@ -82,8 +82,9 @@ class SlurmCluster:
         self.hostname = socket.gethostname()
         self.conf = self.dir / "slurm.conf"
         # munged runs as the munge user, who must reach its directory: it
-        # lives directly under the system temp dir (test dirs are private).
-        self.munge_dir = Path(tempfile.mkdtemp(prefix="xqute-munge-"))
+        # lives directly under the system temp dir (test dirs are private);
+        # made by start(), removed by stop().
+        self.munge_dir = Path(tempfile.gettempdir()) / f"xqute-munge-{secrets.token_hex(6)}"
         self.munge_socket = self.munge_dir / "munge.socket"
         self.partition = "debug"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -250,7 +251,7 @@ class SlurmCluster:
 
     def _start_munge(self) -> None:
         mu = pwd.getpwnam("munge")
-        self.munge_dir.mkdir(parents=True, exist_ok=True)
+        self.munge_dir.mkdir(mode=0o700)
         key = self.munge_dir / "munge.key"
         key.write_bytes(secrets.token_bytes(1024))
         for path in (self.munge_dir, key):

@@ -363,6 +363,11 @@ class SlurmScheduler(Scheduler):
             status = JobStatus.parse(files.get(job.index, ""))
             state = states.get(job.jid or "") if states is not None else None
             if status is not None and status.is_terminal:
+                if state is not None and not state.ended:
+                    # The wrapper is done but Slurm has not closed the job:
+                    # wait for its verdict (a time limit or a cancel TERMs
+                    # the wrapper, which records an end before Slurm says why).
+                    return
                 if not await self._finish(job, state):
                     return
                 result[i] = status
