@@ -274,7 +274,7 @@ async def test_id_lost_between_sbatch_and_recording_is_found_again(site: SlurmSi
     name = json.dumps(slurm_jobs(site, f"{jid}|")[0].split("|")[1])
     await sched.shutdown()
     # As if the controller died before recording the id:
-    await asyncio.to_thread(Path(job.jid_file.path).write_text, f"slurm:{json.loads(name)}\n")
+    await asyncio.to_thread(Path(job.jid_file.path).write_text, f"slurm:{json.loads(name)}:\n")
 
     second = Xqute("slurm", workdir=wd, forks=1, scheduler_opts=site.opts())
     await second.feed(["bash", "-c", f"echo x >> {marker}; sleep 2"])

@@ -56,7 +56,9 @@ _OWN_KEYS = frozenset(
     {"login", "sbatch", "squeue", "scancel", "sbatch_extra", "remote_workdir",
      "keep_remote", "submit_retry_time", "submit_batch_size"}
 )
-#: How the controller writes "submission under way" into job.jid.
+#: How the controller writes "submission under way" into job.jid:
+#: ``slurm:<job name>:``.  The trailing ":" is the base Scheduler's sign of a
+#: launch that may be in flight (not an attempt that started).
 _PLACEHOLDER = "slurm:"
 
 _PROBE = (
@@ -270,7 +272,7 @@ class SlurmScheduler(Scheduler):
             )
         text = self._render(job)
         name = f"{self.jobname_prefix}-{self._sha}-{job.index}-{secrets.token_hex(3)}"
-        # Local copy for reading; "slurm:<name>" in job.jid says a submission
+        # Local copy for reading; "slurm:<name>:" in job.jid says a submission
         # is under way, so a restarted controller looks before submitting.
         await fileio.to_thread(_write_script_and_placeholder, job, self.name, text, name)
         return await self.submitter.submit(
@@ -280,8 +282,8 @@ class SlurmScheduler(Scheduler):
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         """A submission cut short: its id file on the cluster, or a Slurm
         job with its unique name."""
-        if jid and jid.startswith(_PLACEHOLDER):
-            name = jid[len(_PLACEHOLDER):]
+        if jid and jid.startswith(_PLACEHOLDER) and jid.endswith(":"):
+            name = jid[len(_PLACEHOLDER):-1]
             await self.ensure_ready()
             id_file = shlex.quote(f"{self.job_dir(job)}/{commands.ID_FILE}")
             reply = await self.pool.run(
@@ -466,8 +468,8 @@ class SlurmScheduler(Scheduler):
 
 def _write_script_and_placeholder(job: Job, scheduler: str, text: str, name: str) -> None:
     fileio.write_text_sync(job.wrapped_script_file(scheduler), text, mode=0o700)
-    fileio.write_text_sync(job.jid_file, f"{_PLACEHOLDER}{name}\n")
-    job._jid = f"{_PLACEHOLDER}{name}"
+    fileio.write_text_sync(job.jid_file, f"{_PLACEHOLDER}{name}:\n")
+    job._jid = f"{_PLACEHOLDER}{name}:"
 
 
 def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:
