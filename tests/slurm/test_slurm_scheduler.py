@@ -319,3 +319,17 @@ async def test_mounted_workdir_is_used_in_place(site: SlurmSite, tmp_path: Path)
     assert job.status == JobStatus.FINISHED
     assert read(job.stdout_file.path) == f"{wd / '0'}\n"
     assert (wd / "0" / "job.slurm_id").read_text().strip() == job.jid
+
+
+async def test_same_jobs_run_again_are_not_resubmitted(site: SlurmSite, tmp_path: Path) -> None:
+    """resume (the default): jobs that ended in an earlier run of the same
+    workdir are reported as they ended, not sent to Slurm again."""
+    counter = tmp_path / "runs"
+    counter.mkdir()
+    cmds = [["bash", "-c", f"echo x >> {counter}/$0; exit $1", str(i), str(i)] for i in range(2)]
+    first = await run(site, tmp_path / "wd", cmds)
+    again = await run(site, tmp_path / "wd", cmds)
+    assert [j.status for j in again.jobs] == [JobStatus.FINISHED, JobStatus.FAILED]
+    assert [j.jid for j in again.jobs] == [j.jid for j in first.jobs]
+    for i in range(2):
+        assert read(counter / str(i)) == "x\n"
