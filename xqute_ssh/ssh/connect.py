@@ -157,8 +157,16 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
     if isinstance(exc, asyncssh.KeyImportError):
         return ConfigError(f"{cfg.label}: cannot load a client key: {exc}")
     if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
-        # Also what sshd's MaxStartups does to excess unauthenticated connections.
-        err = SshConnectError(addr, f"connection dropped during the handshake ({exc})")
+        # What sshd's MaxStartups does to excess unauthenticated connections,
+        # and OpenSSH >= 9.8 to every connection from an address it penalises.
+        err = SshConnectError(
+            addr,
+            f"connection dropped during the handshake ({exc}); the server may be "
+            "limiting unauthenticated connections (OpenSSH MaxStartups) or refusing "
+            "this address for a while after connections that never logged in, e.g. "
+            "rejected host keys (OpenSSH >= 9.8 PerSourcePenalties: its log says "
+            "'penalty')",
+        )
         err.dropped = True
         return err
     if isinstance(exc, asyncssh.DisconnectError):
