@@ -334,7 +334,7 @@ async def test_local_end_noticed_without_waiting_for_the_poll(tmp_path: Path) ->
 
 # ------------------------------------------------------------- bad input
 def test_unknown_scheduler_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known schedulers: local, ssh"):
+    with pytest.raises(ConfigError, match="known schedulers: local, slurm, ssh"):
         get_scheduler("slurmish")
 
 

@@ -38,6 +38,7 @@ from .status import JobErrorStrategy, JobStatus
 from .xqute import Xqute
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .schedulers.slurm import SlurmScheduler
     from .schedulers.ssh import SshScheduler
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "LocalScheduler",
     "RunOutcome",
     "Scheduler",
+    "SlurmScheduler",
     "SpecPath",
     "SshAuthError",
     "SshConnectError",
@@ -74,4 +76,8 @@ def __getattr__(name: str) -> Any:
         from .schedulers.ssh import SshScheduler
 
         return SshScheduler
+    if name == "SlurmScheduler":
+        from .schedulers.slurm import SlurmScheduler
+
+        return SlurmScheduler
     raise AttributeError(f"module 'xqute_ssh' has no attribute {name!r}")

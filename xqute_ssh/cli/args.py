@@ -175,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
         "scheduler defaults such as keyfile and known_hosts",
     )
     where.add_argument(
+        "--slurm",
+        metavar="LOGIN",
+        help="submit every job to Slurm with sbatch on this login node "
+        "([user@]host[:port]), over SSH",
+    )
+    where.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sbatch option for --slurm, e.g. partition=short or time=1:00:00 (repeatable)",
+    )
+    where.add_argument(
         "-j",
         "--jobs",
         type=_forks,
@@ -607,7 +620,14 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
     command = list(ns.command)
     if command and command[0] == "--":
         command = command[1:]
-    scheduler, opts, forks, flag = scheduler_options(ns.server, ns.servers_file, ns.jobs)
+    if ns.slurm:
+        from .slurm import slurm_options
+
+        scheduler, opts, forks, flag = slurm_options(
+            ns.slurm, ns.sbatch, ns.server, ns.servers_file, ns.jobs
+        )
+    else:
+        scheduler, opts, forks, flag = scheduler_options(ns.server, ns.servers_file, ns.jobs)
     commands, tags = build_jobs(command, ns.arg_file, ns.jobs_file)
     if ns.ungroup and ns.keep_order:
         raise UsageError("-u/--ungroup prints output as it comes: it cannot keep the order (-k)")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 BUILTIN = {
     "local": "xqute_ssh.schedulers.local:LocalScheduler",
     "ssh": "xqute_ssh.schedulers.ssh:SshScheduler",
+    "slurm": "xqute_ssh.schedulers.slurm:SlurmScheduler",
 }
 ENTRY_POINT_GROUP = "xqute_ssh.schedulers"
 
