@@ -1,178 +1,35 @@
-"""SshScheduler: run, track and kill jobs across SSH hosts.
+"""SshScheduler: our Scheduler on SSH hosts, a thin layer over SshBackend.
 
-* Placement: the host with the most free slots (``forks`` per server),
-  skipping hosts marked down after a connection failure.
-* Launch: one round trip over the host's control session starts the wrapper
-  detached (``setsid``, stdin /dev/null, output to files) and returns its pid
-  and start time; the job id is ``<server>:<pid>:<starttime>``, so a reused
-  pid never makes an ended job look alive.
-* Tracking: the wrapper writes the job's files, which the controller reads
-  on the shared filesystem; liveness of all active jobs of a host is checked
-  with one round trip per host.
-* Kill: TERM to the job's process group, KILL after ``kill_grace`` (the
-  escalation runs on the host, so it happens even if we die).
-* Restart: a job id on disk whose process still runs is re-attached, never
-  started twice.
+Everything that touches a host (placement, launch, liveness, kill, files
+fetched back from hosts without the workdir) is in :mod:`.backend`, shared
+with the pipen scheduler; this class maps our Job onto a :class:`JobRef` and
+our Scheduler's steps onto the backend's calls.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
-import secrets
-import shlex
-import tempfile
-import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
 from typing import Any
 
-import asyncssh
-
-from ... import fileio, staging
-from ...errors import (
-    ConfigError,
-    JobSubmissionError,
-    SshConnectionLost,
-    SshError,
-    SshPoolClosed,
-)
+from ...errors import ConfigError
 from ...job import Job
-from ...path import SpecPath
 from ...scheduler import Scheduler
-from ...ssh import CommandResult, HostPool
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
 from ...status import JobStatus
 from ...wrapper import render
-from . import remote, unshared
-from .options import CONNECTION_KEYS, ServerSpec, parse_servers
-from .placement import HostSlots, Placement
+from .backend import JobRef, SshBackend, parse_jid
+from .host import SshHost
+from .options import CONNECTION_KEYS, parse_servers
 
 logger = logging.getLogger("xqute_ssh")
 
-#: How long to look for a job that may have started when the connection
-#: dropped while we were starting it (the wrapper writes job.pid at once).
-LAUNCH_ADOPT_WAIT = 3.0
-
-
-def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
-    """``server:pid:starttime`` -> (server, pid, starttime); None if malformed."""
-    if not jid:
-        return None
-    parts = jid.rsplit(":", 2)
-    if len(parts) != 3:
-        return None
-    try:
-        return parts[0], int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
-
-
-class _Host:
-    """A server's pool, capabilities and paths (I/O lives here)."""
-
-    def __init__(self, spec: ServerSpec, workdir: SpecPath) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.pool = HostPool(spec.config)
-        mounted = spec.mounted_workdir
-        self.workdir = (
-            PurePosixPath(mounted) if mounted else PurePosixPath(str(workdir.mounted))
-        )
-        self.probe: remote.ProbeResult | None = None
-        self._probe_lock = asyncio.Lock()
-        #: Whether this host sees the workdir (decided once, at first use).
-        self.shared: bool | None = spec.shared_fs if spec.shared_fs != "auto" else None
-        #: Where jobs run on a host without the workdir.
-        self.remote_root: PurePosixPath | None = None
-        #: Fetched remote job directories to delete on the next round trip.
-        self.pending_rm: list[str] = []
-
-    def job_dir(self, index: int) -> str:
-        """The remote job directory (hosts without the workdir)."""
-        assert self.remote_root is not None
-        return str(self.remote_root / str(index))
-
-    @property
-    def label(self) -> str:
-        return self.spec.config.label
-
-    def mounted(self, workdir: SpecPath, path: SpecPath) -> str:
-        """``path`` (under the workdir) as this host sees it."""
-        rel = PurePosixPath(str(path.path)).relative_to(str(workdir.path))
-        return str(self.workdir / rel)
-
-    async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
-        return await self.pool.run(snippet, timeout=timeout)
-
-    async def ensure_ready(self, workdir: SpecPath) -> None:
-        """Check once per host that it can run jobs (bash >= 4.3, setsid),
-        and find out whether it sees the workdir."""
-        if self.probe is not None:
-            return
-        async with self._probe_lock:
-            if self.probe is not None:
-                return
-            result = await self.run(remote.PROBE)
-            probe = remote.ProbeResult.parse(result.stdout)
-            if not probe.has_bash:
-                raise SshError(
-                    self.label,
-                    "bash was not found on PATH; xqute_ssh runs every job "
-                    "through bash (4.3 or newer): install it on this host",
-                )
-            if not probe.has_setsid:
-                raise SshError(
-                    self.label,
-                    "setsid was not found on PATH (util-linux); it is needed to "
-                    "start jobs detached: install util-linux on this host",
-                )
-            if probe.bash_version is not None and probe.bash_version < (4, 3):
-                raise SshError(
-                    self.label,
-                    f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
-                    "old; xqute_ssh needs bash 4.3 or newer",
-                )
-            if self.shared is None:
-                self.shared = await self._sees_workdir(workdir)
-                logger.info(
-                    "%s %s the workdir: %s",
-                    self.label,
-                    "sees" if self.shared else "does not see",
-                    "jobs use it directly"
-                    if self.shared
-                    else "jobs run in a remote directory, files are fetched back",
-                )
-            if not self.shared:
-                root = self.spec.remote_workdir
-                if root and root.startswith("~/"):
-                    root = str(PurePosixPath(probe.home) / root[2:])
-                self.remote_root = (
-                    PurePosixPath(root)
-                    if root
-                    else unshared.default_remote_workdir(probe.home, str(workdir.path))
-                )
-            self.probe = probe
-            logger.info("%s ready (bash %s)", self.label, probe.bash_version)
-
-    async def _sees_workdir(self, workdir: SpecPath) -> bool:
-        """Write a random token locally; is it readable at the mounted path?"""
-        token = secrets.token_hex(16)
-        name = f".xqute-fs-check-{token[:12]}"
-        local = workdir / name
-        await fileio.write_text(local, token + "\n")
-        try:
-            reply = await self.run(unshared.fs_token_check(str(self.workdir / name)))
-        finally:
-            await fileio.unlink(local)
-        return reply.stdout.strip() == token
+__all__ = ["SshScheduler", "parse_jid"]
 
 
 class SshScheduler(Scheduler):
-    """Run jobs on SSH hosts that share the workdir's filesystem.
+    """Run jobs on SSH hosts (with or without the workdir's filesystem).
 
     Args (besides the base Scheduler's):
         servers: ``{name: {host, port, user, keyfile, password, known_hosts,
@@ -214,24 +71,21 @@ class SshScheduler(Scheduler):
                         f"{self.workdir} is in cloud storage"
                     )
                 self.servers[i] = dataclasses.replace(spec, shared_fs=False)
-        self.hosts: dict[str, _Host] = {
-            s.name: _Host(s, self.workdir) for s in self.servers
-        }
-        self.placement = Placement(
-            (HostSlots(s.name, s.forks or self.forks) for s in self.servers),
-            cooldown=host_cooldown,
+        self.backend = SshBackend(
+            self.servers,
+            self.forks,
+            host_cooldown=host_cooldown,
+            lost_after=lost_after,
+            kill_grace=self.kill_grace,
         )
-        self.lost_after = lost_after
         # A job can only run where a slot is; never admit more than all hosts hold.
-        if self.forks > self.placement.capacity:
+        if self.forks > self.backend.capacity:
             logger.warning(
                 "forks=%d is more than the servers' slots together (%d): "
                 "at most %d jobs will run at once",
-                self.forks, self.placement.capacity, self.placement.capacity,
+                self.forks, self.backend.capacity, self.backend.capacity,
             )
-            self.forks = self.placement.capacity
-        self._slot_freed = asyncio.Event()
-        self._unreachable_since: dict[str, float] = {}
+            self.forks = self.backend.capacity
 
     def __repr__(self) -> str:
         hosts = ", ".join(self.hosts)
@@ -239,45 +93,43 @@ class SshScheduler(Scheduler):
             f"<SshScheduler [{hosts}] workdir={str(self.workdir)!r} forks={self.forks}>"
         )
 
+    @property
+    def hosts(self) -> dict[str, SshHost]:
+        return self.backend.hosts
+
+    @property
+    def placement(self) -> Any:
+        return self.backend.placement
+
     async def shutdown(self) -> None:
         await super().shutdown()
+        await self.backend.close()
 
-        async def flush(host: _Host) -> None:
-            if host.pending_rm:
-                remove, host.pending_rm = host.pending_rm, []
-                with contextlib.suppress(SshError):
-                    await host.run(unshared.read_statuses([], remove))
+    def job_ref(self, job: Job) -> JobRef:
+        """What the backend needs from one of our jobs."""
+        spec = self.wrapper_spec(job)
+        old_job_dir = spec.job_metadir
 
-        await asyncio.gather(
-            *(flush(h) for h in self.hosts.values()), return_exceptions=True
+        def render_for(workdir: str, job_dir: str) -> str:
+            host_spec = dataclasses.replace(spec, metadir=workdir, job_metadir=job_dir)
+            if spec.cwd == old_job_dir:  # staging jobs run in their job dir
+                host_spec.cwd = job_dir
+            return render(host_spec)
+
+        return JobRef(
+            index=job.index,
+            workdir=self.workdir,
+            metadir=job.metadir,
+            render=render_for,
+            script_name=job.wrapped_script_file(self.name).name,
+            stage_in=job.stage_in,
+            stage_out=job.stage_out,
         )
-        await asyncio.gather(
-            *(h.pool.close() for h in self.hosts.values()), return_exceptions=True
-        )
 
-    # ------------------------------------------------------------ placement
-    async def _reserve(self, job: Job, avoid: set[str]) -> _Host | None:
-        """A host with a free slot for ``job``; waits while all are busy."""
-        while True:
-            slots = self.placement.pick(job.index, avoid=avoid)
-            if slots is not None:
-                return self.hosts[slots.name]
-            usable = [
-                h
-                for h in self.placement.hosts.values()
-                if h.name not in avoid and not h.is_down(time.monotonic())
-            ]
-            if not usable:
-                slots = self.placement.pick_down(job.index, avoid=avoid)
-                return self.hosts[slots.name] if slots is not None else None
-            self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._slot_freed.wait()
-
-    def _release(self, job: Job, ok: bool | None = None) -> None:
-        self.placement.release(job.extra.get("host"), job.index, ok)
-        self._slot_freed.set()
+    def _sync_host(self, job: Job) -> None:
+        host = self.backend.host_of(job.index)
+        if host is not None:
+            job.extra["host"] = host
 
     async def transition_job_status(
         self,
@@ -293,184 +145,22 @@ class SshScheduler(Scheduler):
             job, new_status, rc, error_msg, is_killed, persist=persist
         )
         if JobStatus(new_status).is_terminal:
-            self._release(job, ok=JobStatus(new_status) == JobStatus.FINISHED)
+            self.backend.release(job.index, ok=JobStatus(new_status) == JobStatus.FINISHED)
 
     # --------------------------------------------------------------- submit
-    def _render_for(self, job: Job, host: _Host) -> str:
-        spec = self.wrapper_spec(job)
-        old_job_dir = spec.job_metadir
-        if host.shared:
-            spec.metadir = str(host.workdir)
-            spec.job_metadir = host.mounted(self.workdir, job.metadir)
-        else:
-            spec.metadir = str(host.remote_root)
-            spec.job_metadir = host.job_dir(job.index)
-        if spec.cwd == old_job_dir:  # staging jobs run in their job dir
-            spec.cwd = spec.job_metadir
-        return render(spec)
-
-    async def _stage_in(self, job: Job, host: _Host) -> None:
-        """Shared host: copy locally.  Otherwise: SFTP into the job dir."""
-        if not job.stage_in:
-            return
-        if host.shared:
-            await self.stage_job_in(job)
-            return
-        job_dir = host.job_dir(job.index)
-        await host.pool.run_checked(f"umask 077; mkdir -p -- {shlex.quote(job_dir)}")
+    async def submit_job(self, job: Job) -> str:
         try:
-            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-                for item in job.stage_in:
-                    dest = staging.remote_path(job_dir, item.dest)
-                    parent = str(PurePosixPath(dest).parent)
-                    await sftp.makedirs(parent, exist_ok=True)
-                    await sftp.put(str(item.source), dest, recurse=True, preserve=True)
-        except (OSError, asyncssh.Error) as exc:
-            raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
-
-    async def _stage_out_remote(self, job: Job, host: _Host, job_dir: str) -> list[str]:
-        errors = []
-        try:
-            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-                for item in job.stage_out:
-                    src = staging.remote_path(job_dir, item.source)
-                    dst = staging.local_target(item, Path(str(job.metadir.path)))
-                    await asyncio.to_thread(
-                        dst.parent.mkdir, parents=True, exist_ok=True
-                    )
-                    if not await sftp.exists(src):
-                        errors.append(f"stage_out: {item.source!r} was not produced")
-                        continue
-                    await sftp.get(src, str(dst), recurse=True, preserve=True)
-        except (OSError, asyncssh.Error, SshError) as exc:
-            errors.append(f"stage_out from {host.label} failed: {exc}")
-        return errors
+            return await self.backend.submit(self.job_ref(job))
+        finally:
+            self._sync_host(job)
 
     async def stage_job_out(self, job: Job) -> list[str]:
-        host = self._unshared_host(job)
-        if host is None:
+        if self.backend.unshared_host(job.index) is None:
             return await super().stage_job_out(job)
-        return job.extra.pop("stage_out_errors", [])
-
-    def _launch_request(self, job: Job, host: _Host, text: str) -> str:
-        script = job.wrapped_script_file(self.name)
-        if host.shared:
-            return remote.launch(
-                host.mounted(self.workdir, script),
-                host.mounted(self.workdir, job.stdout_file),
-                host.mounted(self.workdir, job.stderr_file),
-            )
-        return unshared.launch(host.job_dir(job.index), text)
-
-    async def submit_job(self, job: Job) -> str:
-        avoid: set[str] = set(job.extra.get("failed_hosts", ()))
-        tried: set[str] = set()
-        lost_once: set[str] = set()
-        errors: list[str] = []
-        while True:
-            host = await self._reserve(job, avoid | tried)
-            if host is None:
-                detail = "; ".join(errors) or "every host is marked down"
-                raise JobSubmissionError(f"no host could start the job: {detail}")
-            job.extra["host"] = host.name
-            try:
-                await host.ensure_ready(self.workdir)
-                await self._stage_in(job, host)
-                script = job.wrapped_script_file(self.name)
-                text = self._render_for(job, host)
-                # On a host without the workdir this local copy is for reading
-                # only; the script travels inside the launch request.  The
-                # job id "<server>:" says where the job goes before it exists:
-                # if we die before its pid is recorded, a restart finds it.
-                await fileio.to_thread(_write_script_and_jid, job, script, text, host.name)
-                reply = await host.run(self._launch_request(job, host, text))
-            except SshPoolClosed:
-                self.placement.release(host.name, job.index)
-                raise  # shutting down: no other host will do either
-            except SshError as exc:
-                self.placement.release(host.name, job.index)
-                adopted = await self._adopt_after_lost_launch(job, host, exc)
-                if adopted is not None:
-                    return adopted
-                if isinstance(exc, SshConnectionLost) and host.name not in lost_once:
-                    # The connection dropped under us (sshd restarted, say):
-                    # the pool reconnects; try this host once more first.
-                    lost_once.add(host.name)
-                    logger.info("job %s: %s; trying %s again", job.index, exc, host.name)
-                    continue
-                # Unreachable, or unusable (auth, host key, no bash): skip it
-                # for a cool-down and try the next host.
-                self.placement.mark_down(host.name, str(exc))
-                logger.warning("job %s: %s; trying another host", job.index, exc)
-                errors.append(str(exc))
-                tried.add(host.name)
-                continue
-            except BaseException:
-                self.placement.release(host.name, job.index)
-                raise
-            launched = remote.parse_launch(reply.stdout)
-            if isinstance(launched, str):
-                self.placement.release(host.name, job.index)
-                if launched == "noscript":
-                    raise JobSubmissionError(
-                        f"{host.label}: the job script "
-                        f"{host.mounted(self.workdir, script)} is not visible on "
-                        "this host; the workdir must be on a filesystem the host "
-                        "shares (set mounted_workdir if it is mounted elsewhere)"
-                    )
-                raise JobSubmissionError(
-                    f"{host.label}: could not start the job: {launched} "
-                    f"{reply.stderr.strip()}".strip()
-                )
-            self.placement.mark_up(host.name)
-            return f"{host.name}:{launched.pid}:{launched.starttime}"
-
-    async def _adopt_after_lost_launch(
-        self, job: Job, host: _Host, exc: SshError
-    ) -> str | None:
-        """The connection dropped while starting the job: did it start?
-
-        The wrapper writes job.pid ("pid starttime") first thing; if it
-        appears, the job runs and is adopted instead of being started twice.
-        """
-        if not exc.retryable or not host.shared:
-            return None
-        pid_file = job.metadir / "job.pid"
-        deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
-        while time.monotonic() < deadline:
-            text = await fileio.read_text(pid_file)
-            if text and len(text.split()) == 2:
-                pid, start = text.split()
-                self.placement.hold(host.name, job.index)
-                logger.warning(
-                    "job %s: connection lost while starting it, but it started "
-                    "(pid %s on %s): adopted",
-                    job.index,
-                    pid,
-                    host.name,
-                )
-                return f"{host.name}:{pid}:{start}"
-            await asyncio.sleep(0.1)
-        return None
+        return self.backend.take_stage_out_errors(job.index)
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
-        if jid and jid.endswith(":") and jid[:-1] in self.hosts:
-            host = self.hosts[jid[:-1]]
-            text: str | None
-            try:
-                await host.ensure_ready(self.workdir)
-                if host.shared:
-                    text = await fileio.read_text(job.metadir / "job.pid")
-                else:
-                    reply = await host.run(
-                        f"cat -- {shlex.quote(host.job_dir(job.index) + '/job.pid')}"
-                        " 2>/dev/null"
-                    )
-                    text = reply.stdout
-            except SshError:
-                text = None
-            parts = (text or "").split()
-            jid = f"{host.name}:{parts[0]}:{parts[1]}" if len(parts) >= 2 else None
+        jid = await self.backend.recover_jid(self.job_ref(job), jid)
         return await super().recover_jid(job, jid)
 
     async def ended_unobserved(self, job: Job) -> JobStatus | None:
@@ -478,242 +168,58 @@ class SshScheduler(Scheduler):
         host = self.hosts.get(parsed[0]) if parsed else None
         if host is None or host.shared is not False:
             return await super().ended_unobserved(job)
-        job_dir = host.job_dir(job.index)
-        reply = await host.run(
-            f"[ -e {shlex.quote(job_dir + '/job.pid')} ] && "
-            f"cat -- {shlex.quote(job_dir + '/job.status')} 2>/dev/null"
-        )
-        status = JobStatus.parse(reply.stdout)
-        if status is None or not status.is_terminal:
-            return None
-        job.extra["host"] = host.name
-        return status if await self._fetch(job, host) else None
+        status = await self.backend.ended_unobserved(self.job_ref(job), job.jid)
+        self._sync_host(job)
+        return status
 
     async def job_is_submitted_or_running(self, job: Job) -> bool:
         running = await super().job_is_submitted_or_running(job)
         if running:
-            parsed = parse_jid(job.jid)
-            if parsed is not None:
-                job.extra["host"] = parsed[0]
-                self.placement.hold(parsed[0], job.index)
+            self.backend.note_running(job.jid, job.index)
+            self._sync_host(job)
         return running
 
     async def retry_job(self, job: Job) -> None:
-        failed = set(job.extra.get("failed_hosts", ()))
-        if job.extra.get("host"):
-            failed.add(job.extra["host"])
-        job.extra["failed_hosts"] = failed
+        self.backend.note_retry(job.index)
         await super().retry_job(job)
 
     # ------------------------------------------------------------ liveness
     async def job_is_running(self, job: Job) -> bool:
-        parsed = parse_jid(await job.get_jid())
-        if parsed is None or parsed[0] not in self.hosts:
-            return False
-        name, pid, start = parsed
-        host = self.hosts[name]
-        await host.ensure_ready(self.workdir)  # re-attach needs its paths
-        reply = await host.run(remote.dead_among([(pid, start)]))
-        return pid not in remote.parse_pids(reply.stdout)
-
-    # --------------------------------------------- hosts without the workdir
-    def _unshared_host(self, job: Job) -> _Host | None:
-        host = self.hosts.get(job.extra.get("host") or "")
-        return host if host is not None and host.shared is False else None
+        return await self.backend.is_running(self.job_ref(job), await job.get_jid())
 
     async def refresh_job_statuses(self, jobs: Sequence[Job]) -> list[JobStatus | None]:
         """Shared hosts: the local files.  Others: one round trip per host,
         and a job that ended has its files fetched before it is reported."""
+        local = [i for i, j in enumerate(jobs) if self.backend.unshared_host(j.index) is None]
         result: list[JobStatus | None] = [None] * len(jobs)
-        local: list[int] = []
-        by_host: dict[str, list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            host = self._unshared_host(job)
-            if host is None:
-                local.append(i)
-            else:
-                by_host[host.name].append(i)
         if local:
             read = await super().refresh_job_statuses([jobs[i] for i in local])
             for i, status in zip(local, read, strict=True):
                 result[i] = status
-
-        async def poll(host: _Host, idxs: list[int]) -> None:
-            remove, host.pending_rm = host.pending_rm, []
-            try:
-                reply = await host.run(
-                    unshared.read_statuses(
-                        [(jobs[i].index, host.job_dir(jobs[i].index)) for i in idxs],
-                        remove,
-                    )
-                )
-            except SshError as exc:
-                host.pending_rm[:0] = remove
-                logger.debug("%s: cannot read statuses: %s", host.label, exc)
-                return
-            parsed = unshared.parse_statuses(reply.stdout)
-
-            async def one(i: int) -> None:
-                job = jobs[i]
-                status = JobStatus.parse(parsed.get(job.index, ""))
-                if status is None:
-                    return
-                if status.is_terminal:
-                    if not await self._fetch(job, host):
-                        return  # try again next cycle
-                elif status == JobStatus.RUNNING and job.status == JobStatus.SUBMITTED:
-                    await fileio.write_text(job.status_file, f"{int(status)}\n")
-                result[i] = status
-
-            await asyncio.gather(*(one(i) for i in idxs))
-
-        if by_host:
-            async with asyncio.TaskGroup() as tg:
-                for name, idxs in by_host.items():
-                    tg.create_task(poll(self.hosts[name], idxs))
+        if len(local) < len(jobs):
+            remote = await self.backend.refresh_unshared(
+                [(self.job_ref(j), j.status == JobStatus.SUBMITTED) for j in jobs]
+            )
+            local_set = set(local)
+            for i, status in enumerate(remote):
+                if i not in local_set:
+                    result[i] = status
         return result
-
-    async def _fetch(self, job: Job, host: _Host) -> bool:
-        """Bring rc, stdout, stderr and the status home; False if not possible."""
-        job_dir = host.job_dir(job.index)
-        snippet, mark = unshared.fetch_small(job_dir)
-        try:
-            reply = await host.run(snippet)
-            fetched = unshared.parse_fetch(reply.stdout, mark)
-            if fetched is None:
-                return False
-            if fetched.stdout is None or fetched.stderr is None:
-                await self._stream_outputs(job, host, job_dir)
-            else:
-                await fileio.to_thread(
-                    _write_outputs, job, fetched.stdout, fetched.stderr
-                )
-        except (SshError, OSError) as exc:
-            logger.warning(
-                "job %s: cannot fetch its files from %s: %s", job.index, host.label, exc
-            )
-            return False
-        if fetched.rc.strip() == "0" and job.stage_out:
-            # Before the remote directory is scheduled for removal.
-            job.extra["stage_out_errors"] = await self._stage_out_remote(
-                job, host, job_dir
-            )
-        status = await fileio.to_thread(_write_end, job, fetched.rc)
-        # Fetched: remove the directory (or at least job.pid, which would
-        # otherwise say "ended with nobody watching" to a later controller).
-        host.pending_rm.append(job_dir + "/job.pid" if host.spec.keep_remote else job_dir)
-        return status
-
-    async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
-        """Large outputs: SFTP straight into the local files, in chunks (a
-        cloud workdir: into a temporary file first, then uploaded)."""
-        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-            for name, dest in (
-                ("job.stdout", job.stdout_file),
-                ("job.stderr", job.stderr_file),
-            ):
-                if not await sftp.exists(f"{job_dir}/{name}"):
-                    continue
-                if not dest.is_cloud:
-                    await sftp.get(f"{job_dir}/{name}", str(dest))
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = Path(tmp) / name
-                    await sftp.get(f"{job_dir}/{name}", str(local))
-                    await fileio.to_thread(fileio.upload_sync, local, dest)
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
         """One round trip per host for all of its active jobs."""
-        by_host: dict[str, list[tuple[int, Job, int, int]]] = defaultdict(list)
-        result = [False] * len(jobs)
-        for i, job in enumerate(jobs):
-            parsed = parse_jid(job.jid)
-            if parsed is None or parsed[0] not in self.hosts:
-                result[i] = True
-                job.extra["lost_reason"] = f"its job id {job.jid!r} names no known host"
-                continue
-            by_host[parsed[0]].append((i, job, parsed[1], parsed[2]))
-
-        async def check(name: str, items: list[tuple[int, Job, int, int]]) -> None:
-            host = self.hosts[name]
-            try:
-                reply = await host.run(
-                    remote.dead_among([(pid, start) for _, _, pid, start in items])
-                )
-            except SshError as exc:
-                since = self._unreachable_since.setdefault(name, time.monotonic())
-                if time.monotonic() - since >= self.lost_after:
-                    for i, job, _, _ in items:
-                        result[i] = True
-                        job.extra["lost_reason"] = (
-                            f"host {host.label} has been unreachable for "
-                            f"{self.lost_after:.0f}s ({exc}); the job is lost"
-                        )
-                return
-            self._unreachable_since.pop(name, None)
-            dead = remote.parse_pids(reply.stdout)
-            for i, job, pid, _ in items:
-                if pid in dead:
-                    result[i] = True
-                    job.extra["lost_reason"] = (
-                        f"the job's process (pid {pid}) on {host.label} is gone "
-                        "but it never wrote a final status (killed from outside, "
-                        "out of memory, or the host rebooted)"
-                    )
-
-        async with asyncio.TaskGroup() as tg:
-            for name, items in by_host.items():
-                tg.create_task(check(name, items))
-        return result
+        reasons = await self.backend.lost_reasons(
+            [(self.job_ref(j), j.jid) for j in jobs]
+        )
+        for job, reason in zip(jobs, reasons, strict=True):
+            if reason is not None:
+                job.extra["lost_reason"] = reason
+        return [r is not None for r in reasons]
 
     # ----------------------------------------------------------------- kill
     async def kill_job_and_update_status(self, job: Job) -> None:
-        host = self._unshared_host(job)
-        if host is not None:
-            job.extra["fetch_after_kill"] = host.name
+        self.backend.fetch_after_kill(job.index)
         await super().kill_job_and_update_status(job)
 
     async def kill_job(self, job: Job) -> None:
-        parsed = parse_jid(job.jid or await job.get_jid())
-        if parsed is None or parsed[0] not in self.hosts:
-            return
-        name, pid, start = parsed
-        host = self.hosts[name]
-        reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
-        if "xq-killing" not in reply.stdout:
-            return
-        # The host escalates to KILL by itself; wait until the group is gone
-        # (a remote process exit sends us nothing, so ask a few times).
-        deadline = time.monotonic() + self.kill_grace + 5
-        while time.monotonic() < deadline:
-            check = await host.run(remote.group_alive(pid))
-            if "gone" in check.stdout:
-                if job.extra.pop("fetch_after_kill", None) and host.shared is False:
-                    await self._fetch(job, host)  # what it wrote before dying
-                return
-            await asyncio.sleep(0.1)
-        logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
-
-
-def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:
-    fileio.write_bytes_sync(job.stdout_file, stdout)
-    fileio.write_bytes_sync(job.stderr_file, stderr)
-
-
-def _write_end(job: Job, rc: str) -> bool:
-    """Write job.rc and the final status locally (rc first, as the wrapper)."""
-    try:
-        code = int(rc)
-    except ValueError:
-        return False
-    fileio.write_text_sync(job.rc_file, f"{code}\n")
-    status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
-    fileio.write_text_sync(job.status_file, f"{int(status)}\n")
-    return True
-
-
-def _write_script_and_jid(job: Job, script: SpecPath, text: str, host: str) -> None:
-    """One worker-thread hop for the two writes before a launch."""
-    fileio.write_text_sync(script, text, mode=0o700)
-    fileio.write_text_sync(job.jid_file, f"{host}:\n")
-    job._jid = f"{host}:"
+        await self.backend.kill(self.job_ref(job), job.jid or await job.get_jid())

@@ -1,0 +1,658 @@
+"""The SSH backend: every remote operation on a job, for any scheduler.
+
+Three schedulers drive jobs on SSH hosts: ours (:class:`SshScheduler`),
+pipen's (xqute's Scheduler with pipen's Job, see ``xqute_ssh.pipen``) and,
+later, others.  They share this one implementation.  It never sees a Job
+class: it works on :class:`JobRef`, the few things it needs from a job
+(index, workdir and metadir, how to render the wrapper for a host, staged
+files), and keeps what it learns about a job (the host it runs on, hosts it
+failed on) itself, keyed by job index, since a scheduler's Job may have
+``__slots__``.
+
+* Placement: the host with the most free slots (``forks`` per server),
+  skipping hosts marked down after a connection failure.
+* Launch: one round trip over the host's control session starts the wrapper
+  detached and returns its pid and start time; the job id is
+  ``<server>:<pid>:<starttime>``, so a reused pid never makes an ended job
+  look alive.
+* Liveness: all active jobs of a host in one round trip.
+* Kill: TERM to the job's process group, KILL after ``kill_grace`` (the
+  escalation runs on the host, so it happens even if we die).
+* Hosts without the workdir: jobs run in a remote job directory; statuses
+  are read and ended jobs' files fetched back in one round trip per host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import asyncssh
+
+from ... import fileio, staging
+from ...errors import (
+    JobSubmissionError,
+    SshConnectionLost,
+    SshError,
+    SshPoolClosed,
+)
+from ...path import SpecPath
+from ...status import JobStatus
+from . import remote, unshared
+from .host import SshHost
+from .options import ServerSpec
+from .placement import HostSlots, Placement
+
+logger = logging.getLogger("xqute_ssh")
+
+#: How long to look for a job that may have started when the connection
+#: dropped while we were starting it (the wrapper writes job.pid at once).
+LAUNCH_ADOPT_WAIT = 3.0
+
+
+def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
+    """``server:pid:starttime`` -> (server, pid, starttime); None if malformed."""
+    if not jid:
+        return None
+    parts = str(jid).strip().rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+
+
+#: Renders a job's wrapper for a host: (workdir, job directory) as the host
+#: sees them -> the script's text.
+Renderer = Callable[[str, str], str]
+
+
+@dataclass(frozen=True, eq=False)
+class JobRef:
+    """What the SSH backend needs from a job, whichever Job class made it.
+
+    The job's files are the usual names in ``metadir`` (job.stdout,
+    job.stderr, job.status, job.rc, job.jid, job.pid), as both xqute and
+    xqute_ssh lay them out.
+    """
+
+    index: int
+    workdir: SpecPath
+    metadir: SpecPath
+    render: Renderer
+    script_name: str
+    stage_in: Sequence[staging.StageIn] = ()
+    stage_out: Sequence[staging.StageOut] = ()
+
+    @property
+    def script_file(self) -> SpecPath:
+        return self.metadir / self.script_name
+
+    @property
+    def stdout_file(self) -> SpecPath:
+        return self.metadir / "job.stdout"
+
+    @property
+    def stderr_file(self) -> SpecPath:
+        return self.metadir / "job.stderr"
+
+    @property
+    def status_file(self) -> SpecPath:
+        return self.metadir / "job.status"
+
+    @property
+    def rc_file(self) -> SpecPath:
+        return self.metadir / "job.rc"
+
+    @property
+    def jid_file(self) -> SpecPath:
+        return self.metadir / "job.jid"
+
+    @property
+    def pid_file(self) -> SpecPath:
+        return self.metadir / "job.pid"
+
+
+@dataclass
+class JobState:
+    """What the backend knows about a job's current attempt."""
+
+    host: str | None = None
+    failed_hosts: set[str] = field(default_factory=set)
+    stage_out_errors: list[str] = field(default_factory=list)
+    fetch_after_kill: bool = False
+
+
+class SshBackend:
+    """Hosts, placement and per-job state; all SSH I/O on jobs goes here.
+
+    Args:
+        servers: the parsed servers.
+        forks: slots per server when a server does not say.
+        host_cooldown: seconds a host that failed to connect is skipped.
+        lost_after: seconds a host may stay unreachable before the jobs that
+            were running there are reported lost.
+        kill_grace: seconds between TERM and KILL.
+        require_shared: refuse hosts that do not see the workdir (pipen's
+            jobs read and write the controller's paths directly).
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[ServerSpec],
+        forks: int,
+        *,
+        host_cooldown: float = 30.0,
+        lost_after: float = 30.0,
+        kill_grace: float = 5.0,
+        require_shared: bool = False,
+    ) -> None:
+        self.hosts: dict[str, SshHost] = {s.name: SshHost(s) for s in servers}
+        self.placement = Placement(
+            (HostSlots(s.name, s.forks or forks) for s in servers),
+            cooldown=host_cooldown,
+        )
+        self.lost_after = lost_after
+        self.kill_grace = kill_grace
+        self.require_shared = require_shared
+        self.jobs: dict[int, JobState] = {}
+        self._slot_freed = asyncio.Event()
+        self._unreachable_since: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<SshBackend [{', '.join(self.hosts)}] {self.placement!r}>"
+
+    @property
+    def capacity(self) -> int:
+        return self.placement.capacity
+
+    def state(self, index: int) -> JobState:
+        found = self.jobs.get(index)
+        if found is None:
+            found = self.jobs[index] = JobState()
+        return found
+
+    def host_of(self, index: int) -> str | None:
+        found = self.jobs.get(index)
+        return found.host if found else None
+
+    def open_connections(self) -> int:
+        """SSH connections open or being opened, over all hosts."""
+        return sum(h.open_connections() for h in self.hosts.values())
+
+    async def close(self) -> None:
+        """Close every host's connections (they reopen if used again)."""
+        await asyncio.gather(
+            *(h.close() for h in self.hosts.values()), return_exceptions=True
+        )
+
+    # ------------------------------------------------------------ placement
+    async def _reserve(self, index: int, avoid: set[str]) -> SshHost | None:
+        """A host with a free slot for the job; waits while all are busy."""
+        while True:
+            slots = self.placement.pick(index, avoid=avoid)
+            if slots is not None:
+                return self.hosts[slots.name]
+            usable = [
+                h
+                for h in self.placement.hosts.values()
+                if h.name not in avoid and not h.is_down(time.monotonic())
+            ]
+            if not usable:
+                slots = self.placement.pick_down(index, avoid=avoid)
+                return self.hosts[slots.name] if slots is not None else None
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._slot_freed.wait()
+
+    def release(self, index: int, ok: bool | None = None) -> None:
+        """The job ended (or will not start): free its slot."""
+        self.placement.release(self.host_of(index), index, ok)
+        self._slot_freed.set()
+
+    def note_retry(self, index: int) -> None:
+        """The job is retried: prefer hosts it has not failed on."""
+        state = self.state(index)
+        if state.host:
+            state.failed_hosts.add(state.host)
+
+    def note_running(self, jid: str | None, index: int) -> None:
+        """A job found running (re-attached) holds its host's slot."""
+        parsed = parse_jid(jid)
+        if parsed is not None:
+            self.state(index).host = parsed[0]
+            self.placement.hold(parsed[0], index)
+
+    def unshared_host(self, index: int) -> SshHost | None:
+        host = self.hosts.get(self.host_of(index) or "")
+        return host if host is not None and host.shared is False else None
+
+    # --------------------------------------------------------------- submit
+    async def submit(self, ref: JobRef) -> str:
+        """Start the job on a host; its job id once it runs.
+
+        The job's status file says SUBMITTED already (the caller wrote it).
+        """
+        state = self.state(ref.index)
+        avoid = set(state.failed_hosts)
+        tried: set[str] = set()
+        lost_once: set[str] = set()
+        errors: list[str] = []
+        while True:
+            host = await self._reserve(ref.index, avoid | tried)
+            if host is None:
+                detail = "; ".join(errors) or "every host is marked down"
+                raise JobSubmissionError(f"no host could start the job: {detail}")
+            state.host = host.name
+            try:
+                await host.ensure_ready(ref.workdir)
+                if self.require_shared and not host.shared:
+                    self.placement.release(host.name, ref.index)
+                    errors.append(
+                        f"{host.label} does not see the workdir {ref.workdir}; "
+                        "these jobs read and write its files directly, so use "
+                        "hosts that mount it (mounted_workdir if at another path)"
+                    )
+                    tried.add(host.name)
+                    continue
+                await self._stage_in(ref, host)
+                text = self._render_for(ref, host)
+                # On a host without the workdir this local copy is for reading
+                # only; the script travels inside the launch request.  The
+                # job id "<server>:" says where the job goes before it exists:
+                # if we die before its pid is recorded, a restart finds it.
+                await fileio.to_thread(_write_script_and_jid, ref, text, host.name)
+                reply = await host.run(self._launch_request(ref, host, text))
+            except SshPoolClosed:
+                self.placement.release(host.name, ref.index)
+                raise  # shutting down: no other host will do either
+            except SshError as exc:
+                self.placement.release(host.name, ref.index)
+                adopted = await self._adopt_after_lost_launch(ref, host, exc)
+                if adopted is not None:
+                    return adopted
+                if isinstance(exc, SshConnectionLost) and host.name not in lost_once:
+                    # The connection dropped under us (sshd restarted, say):
+                    # the pool reconnects; try this host once more first.
+                    lost_once.add(host.name)
+                    logger.info("job %s: %s; trying %s again", ref.index, exc, host.name)
+                    continue
+                # Unreachable, or unusable (auth, host key, no bash): skip it
+                # for a cool-down and try the next host.
+                self.placement.mark_down(host.name, str(exc))
+                logger.warning("job %s: %s; trying another host", ref.index, exc)
+                errors.append(str(exc))
+                tried.add(host.name)
+                continue
+            except BaseException:
+                self.placement.release(host.name, ref.index)
+                raise
+            launched = remote.parse_launch(reply.stdout)
+            if isinstance(launched, str):
+                self.placement.release(host.name, ref.index)
+                if launched == "noscript":
+                    raise JobSubmissionError(
+                        f"{host.label}: the job script "
+                        f"{host.mounted(ref.workdir, ref.script_file)} is not "
+                        "visible on this host; the workdir must be on a "
+                        "filesystem the host shares (set mounted_workdir if it "
+                        "is mounted elsewhere)"
+                    )
+                raise JobSubmissionError(
+                    f"{host.label}: could not start the job: {launched} "
+                    f"{reply.stderr.strip()}".strip()
+                )
+            self.placement.mark_up(host.name)
+            return f"{host.name}:{launched.pid}:{launched.starttime}"
+
+    def _render_for(self, ref: JobRef, host: SshHost) -> str:
+        if host.shared:
+            return ref.render(
+                str(host.host_workdir(ref.workdir)),
+                host.mounted(ref.workdir, ref.metadir),
+            )
+        return ref.render(str(host.remote_root), host.job_dir(ref.index))
+
+    def _launch_request(self, ref: JobRef, host: SshHost, text: str) -> str:
+        if host.shared:
+            return remote.launch(
+                host.mounted(ref.workdir, ref.script_file),
+                host.mounted(ref.workdir, ref.stdout_file),
+                host.mounted(ref.workdir, ref.stderr_file),
+            )
+        return unshared.launch(host.job_dir(ref.index), text)
+
+    async def _stage_in(self, ref: JobRef, host: SshHost) -> None:
+        """Shared host: copy locally.  Otherwise: SFTP into the job dir."""
+        if not ref.stage_in:
+            return
+        if host.shared:
+            await fileio.to_thread(staging.copy_in_local, ref.stage_in, _local(ref))
+            return
+        job_dir = host.job_dir(ref.index)
+        await host.pool.run_checked(f"umask 077; mkdir -p -- {shlex.quote(job_dir)}")
+        try:
+            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+                for item in ref.stage_in:
+                    dest = staging.remote_path(job_dir, item.dest)
+                    parent = str(PurePosixPath(dest).parent)
+                    await sftp.makedirs(parent, exist_ok=True)
+                    await sftp.put(str(item.source), dest, recurse=True, preserve=True)
+        except (OSError, asyncssh.Error) as exc:
+            raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
+
+    async def _stage_out_remote(self, ref: JobRef, host: SshHost, job_dir: str) -> list[str]:
+        errors = []
+        try:
+            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+                for item in ref.stage_out:
+                    src = staging.remote_path(job_dir, item.source)
+                    dst = staging.local_target(item, Path(str(ref.metadir.path)))
+                    await asyncio.to_thread(
+                        dst.parent.mkdir, parents=True, exist_ok=True
+                    )
+                    if not await sftp.exists(src):
+                        errors.append(f"stage_out: {item.source!r} was not produced")
+                        continue
+                    await sftp.get(src, str(dst), recurse=True, preserve=True)
+        except (OSError, asyncssh.Error, SshError) as exc:
+            errors.append(f"stage_out from {host.label} failed: {exc}")
+        return errors
+
+    def take_stage_out_errors(self, index: int) -> list[str]:
+        state = self.state(index)
+        errors, state.stage_out_errors = state.stage_out_errors, []
+        return errors
+
+    async def _adopt_after_lost_launch(
+        self, ref: JobRef, host: SshHost, exc: SshError
+    ) -> str | None:
+        """The connection dropped while starting the job: did it start?
+
+        The wrapper writes job.pid ("pid starttime") first thing; if it
+        appears, the job runs and is adopted instead of being started twice.
+        """
+        if not exc.retryable or not host.shared:
+            return None
+        deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
+        while time.monotonic() < deadline:
+            text = await fileio.read_text(ref.pid_file)
+            if text and len(text.split()) == 2:
+                pid, start = text.split()
+                self.placement.hold(host.name, ref.index)
+                logger.warning(
+                    "job %s: connection lost while starting it, but it started "
+                    "(pid %s on %s): adopted",
+                    ref.index,
+                    pid,
+                    host.name,
+                )
+                return f"{host.name}:{pid}:{start}"
+            await asyncio.sleep(0.1)
+        return None
+
+    # ------------------------------------------------------------- restart
+    async def recover_jid(self, ref: JobRef, jid: str | None) -> str | None:
+        """A job id "<server>:" (we died mid-launch): the pid, if it started."""
+        if jid and jid.endswith(":") and jid[:-1] in self.hosts:
+            host = self.hosts[jid[:-1]]
+            text: str | None
+            try:
+                await host.ensure_ready(ref.workdir)
+                if host.shared:
+                    text = await fileio.read_text(ref.pid_file)
+                else:
+                    reply = await host.run(
+                        f"cat -- {shlex.quote(host.job_dir(ref.index) + '/job.pid')}"
+                        " 2>/dev/null"
+                    )
+                    text = reply.stdout
+            except SshError:
+                text = None
+            parts = (text or "").split()
+            return f"{host.name}:{parts[0]}:{parts[1]}" if len(parts) >= 2 else None
+        return jid
+
+    async def ended_unobserved(self, ref: JobRef, jid: str | None) -> JobStatus | None:
+        """On a host without the workdir: the final status of a job that
+        ended while nobody watched (its files fetched), else None."""
+        parsed = parse_jid(jid)
+        host = self.hosts.get(parsed[0]) if parsed else None
+        if host is None or host.shared is not False:
+            return None
+        job_dir = host.job_dir(ref.index)
+        reply = await host.run(
+            f"[ -e {shlex.quote(job_dir + '/job.pid')} ] && "
+            f"cat -- {shlex.quote(job_dir + '/job.status')} 2>/dev/null"
+        )
+        status = JobStatus.parse(reply.stdout)
+        if status is None or not status.is_terminal:
+            return None
+        self.state(ref.index).host = host.name
+        return status if await self._fetch(ref, host) else None
+
+    # ------------------------------------------------------------ liveness
+    async def is_running(self, ref: JobRef, jid: str | None) -> bool:
+        """Whether the process of job id ``jid`` still runs on its host."""
+        parsed = parse_jid(jid)
+        if parsed is None or parsed[0] not in self.hosts:
+            return False
+        name, pid, start = parsed
+        host = self.hosts[name]
+        await host.ensure_ready(ref.workdir)  # re-attach needs its paths
+        reply = await host.run(remote.dead_among([(pid, start)]))
+        return pid not in remote.parse_pids(reply.stdout)
+
+    async def lost_reasons(
+        self, jobs: Sequence[tuple[JobRef, str | None]]
+    ) -> list[str | None]:
+        """For each (job, job id): why its process is gone without a final
+        status, or None while it runs.  One round trip per host."""
+        by_host: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+        result: list[str | None] = [None] * len(jobs)
+        for i, (_, jid) in enumerate(jobs):
+            parsed = parse_jid(jid)
+            if parsed is None or parsed[0] not in self.hosts:
+                result[i] = f"its job id {jid!r} names no known host"
+                continue
+            by_host[parsed[0]].append((i, parsed[1], parsed[2]))
+
+        async def check(name: str, items: list[tuple[int, int, int]]) -> None:
+            host = self.hosts[name]
+            try:
+                reply = await host.run(
+                    remote.dead_among([(pid, start) for _, pid, start in items])
+                )
+            except SshError as exc:
+                since = self._unreachable_since.setdefault(name, time.monotonic())
+                if time.monotonic() - since >= self.lost_after:
+                    for i, _, _ in items:
+                        result[i] = (
+                            f"host {host.label} has been unreachable for "
+                            f"{self.lost_after:.0f}s ({exc}); the job is lost"
+                        )
+                return
+            self._unreachable_since.pop(name, None)
+            dead = remote.parse_pids(reply.stdout)
+            for i, pid, _ in items:
+                if pid in dead:
+                    result[i] = (
+                        f"the job's process (pid {pid}) on {host.label} is gone "
+                        "but it never wrote a final status (killed from outside, "
+                        "out of memory, or the host rebooted)"
+                    )
+
+        async with asyncio.TaskGroup() as tg:
+            for name, items in by_host.items():
+                tg.create_task(check(name, items))
+        return result
+
+    # --------------------------------------------- hosts without the workdir
+    async def refresh_unshared(
+        self, jobs: Sequence[tuple[JobRef, bool]]
+    ) -> list[JobStatus | None]:
+        """Statuses of jobs on hosts without the workdir (None for the rest,
+        and for those with no news).  ``jobs`` holds (job, still SUBMITTED):
+        a job seen RUNNING then gets RUNNING in its local status file.  A job
+        that ended has its files fetched before it is reported."""
+        result: list[JobStatus | None] = [None] * len(jobs)
+        by_host: dict[str, list[int]] = defaultdict(list)
+        for i, (ref, _) in enumerate(jobs):
+            host = self.unshared_host(ref.index)
+            if host is not None:
+                by_host[host.name].append(i)
+
+        async def poll(host: SshHost, idxs: list[int]) -> None:
+            remove, host.pending_rm = host.pending_rm, []
+            try:
+                reply = await host.run(
+                    unshared.read_statuses(
+                        [(jobs[i][0].index, host.job_dir(jobs[i][0].index)) for i in idxs],
+                        remove,
+                    )
+                )
+            except SshError as exc:
+                host.pending_rm[:0] = remove
+                logger.debug("%s: cannot read statuses: %s", host.label, exc)
+                return
+            parsed = unshared.parse_statuses(reply.stdout)
+
+            async def one(i: int) -> None:
+                ref, submitted = jobs[i]
+                status = JobStatus.parse(parsed.get(ref.index, ""))
+                if status is None:
+                    return
+                if status.is_terminal:
+                    if not await self._fetch(ref, host):
+                        return  # try again next cycle
+                elif status == JobStatus.RUNNING and submitted:
+                    await fileio.write_text(ref.status_file, f"{int(status)}\n")
+                result[i] = status
+
+            await asyncio.gather(*(one(i) for i in idxs))
+
+        if by_host:
+            async with asyncio.TaskGroup() as tg:
+                for name, idxs in by_host.items():
+                    tg.create_task(poll(self.hosts[name], idxs))
+        return result
+
+    async def _fetch(self, ref: JobRef, host: SshHost) -> bool:
+        """Bring rc, stdout, stderr and the status home; False if not possible."""
+        job_dir = host.job_dir(ref.index)
+        snippet, mark = unshared.fetch_small(job_dir)
+        try:
+            reply = await host.run(snippet)
+            fetched = unshared.parse_fetch(reply.stdout, mark)
+            if fetched is None:
+                return False
+            if fetched.stdout is None or fetched.stderr is None:
+                await self._stream_outputs(ref, host, job_dir)
+            else:
+                await fileio.to_thread(
+                    _write_outputs, ref, fetched.stdout, fetched.stderr
+                )
+        except (SshError, OSError) as exc:
+            logger.warning(
+                "job %s: cannot fetch its files from %s: %s", ref.index, host.label, exc
+            )
+            return False
+        if fetched.rc.strip() == "0" and ref.stage_out:
+            # Before the remote directory is scheduled for removal.
+            self.state(ref.index).stage_out_errors = await self._stage_out_remote(
+                ref, host, job_dir
+            )
+        status = await fileio.to_thread(_write_end, ref, fetched.rc)
+        # Fetched: remove the directory (or at least job.pid, which would
+        # otherwise say "ended with nobody watching" to a later controller).
+        host.pending_rm.append(job_dir + "/job.pid" if host.spec.keep_remote else job_dir)
+        return status
+
+    async def _stream_outputs(self, ref: JobRef, host: SshHost, job_dir: str) -> None:
+        """Large outputs: SFTP straight into the local files, in chunks (a
+        cloud workdir: into a temporary file first, then uploaded)."""
+        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+            for name, dest in (
+                ("job.stdout", ref.stdout_file),
+                ("job.stderr", ref.stderr_file),
+            ):
+                if not await sftp.exists(f"{job_dir}/{name}"):
+                    continue
+                if not dest.is_cloud:
+                    await sftp.get(f"{job_dir}/{name}", str(dest))
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(tmp) / name
+                    await sftp.get(f"{job_dir}/{name}", str(local))
+                    await fileio.to_thread(fileio.upload_sync, local, dest)
+
+    # ----------------------------------------------------------------- kill
+    def fetch_after_kill(self, index: int) -> None:
+        """Bring a killed job's files home once it is gone (unshared hosts)."""
+        if self.unshared_host(index) is not None:
+            self.state(index).fetch_after_kill = True
+
+    async def kill(self, ref: JobRef, jid: str | None) -> None:
+        """TERM the job's process group, KILL after the grace period; return
+        once the group is gone."""
+        parsed = parse_jid(jid)
+        if parsed is None or parsed[0] not in self.hosts:
+            return
+        name, pid, start = parsed
+        host = self.hosts[name]
+        reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
+        if "xq-killing" not in reply.stdout:
+            return
+        # The host escalates to KILL by itself; wait until the group is gone
+        # (a remote process exit sends us nothing, so ask a few times).
+        deadline = time.monotonic() + self.kill_grace + 5
+        state = self.state(ref.index)
+        while time.monotonic() < deadline:
+            check = await host.run(remote.group_alive(pid))
+            if "gone" in check.stdout:
+                if state.fetch_after_kill and host.shared is False:
+                    state.fetch_after_kill = False
+                    await self._fetch(ref, host)  # what it wrote before dying
+                return
+            await asyncio.sleep(0.1)
+        logger.warning("job %s: its processes on %s outlived the kill", ref.index, name)
+
+
+def _local(ref: JobRef) -> Path:
+    path = ref.metadir.path
+    if not isinstance(path, Path):
+        raise JobSubmissionError(f"staging files needs a local workdir, not {path}")
+    return path
+
+
+def _write_outputs(ref: JobRef, stdout: bytes, stderr: bytes) -> None:
+    fileio.write_bytes_sync(ref.stdout_file, stdout)
+    fileio.write_bytes_sync(ref.stderr_file, stderr)
+
+
+def _write_end(ref: JobRef, rc: str) -> bool:
+    """Write job.rc and the final status locally (rc first, as the wrapper)."""
+    try:
+        code = int(rc)
+    except ValueError:
+        return False
+    fileio.write_text_sync(ref.rc_file, f"{code}\n")
+    status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
+    fileio.write_text_sync(ref.status_file, f"{int(status)}\n")
+    return True
+
+
+def _write_script_and_jid(ref: JobRef, text: str, host: str) -> None:
+    """One worker-thread hop for the two writes before a launch."""
+    fileio.write_text_sync(ref.script_file, text, mode=0o700)
+    fileio.write_text_sync(ref.jid_file, f"{host}:\n")

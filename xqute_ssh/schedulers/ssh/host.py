@@ -1,0 +1,145 @@
+"""One SSH server as the backend uses it: its pool, probe and paths.
+
+Where the workdir is on the host is decided lazily, from the workdir of the
+first job that uses the host, not at construction: pipen sets each process's
+workdir after the scheduler was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import PurePosixPath
+
+from ... import fileio
+from ...errors import SshError
+from ...path import SpecPath
+from ...ssh import CommandResult, HostPool
+from . import remote, unshared
+from .options import ServerSpec
+
+logger = logging.getLogger("xqute_ssh")
+
+
+class SshHost:
+    """A server's pool, capabilities and paths (I/O lives here)."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.pool = HostPool(spec.config)
+        self.probe: remote.ProbeResult | None = None
+        self._probe_lock = asyncio.Lock()
+        #: Whether this host sees the workdir (decided once, at first use).
+        self.shared: bool | None = spec.shared_fs if spec.shared_fs != "auto" else None
+        #: Where jobs run on a host without the workdir.
+        self.remote_root: PurePosixPath | None = None
+        #: Fetched remote job directories to delete on the next round trip.
+        self.pending_rm: list[str] = []
+
+    def __repr__(self) -> str:
+        shared = {None: "unprobed", True: "shared", False: "unshared"}[self.shared]
+        return f"<SshHost {self.name} {shared} {self.pool!r}>"
+
+    @property
+    def label(self) -> str:
+        return self.spec.config.label
+
+    def host_workdir(self, workdir: SpecPath) -> PurePosixPath:
+        """The workdir as this host sees it (its own mounted_workdir first)."""
+        mounted = self.spec.mounted_workdir
+        return PurePosixPath(mounted) if mounted else PurePosixPath(str(workdir.mounted))
+
+    def mounted(self, workdir: SpecPath, path: SpecPath) -> str:
+        """``path`` (under ``workdir``) as this host sees it."""
+        rel = PurePosixPath(str(path.path)).relative_to(str(workdir.path))
+        return str(self.host_workdir(workdir) / rel)
+
+    def job_dir(self, index: int) -> str:
+        """The remote job directory (hosts without the workdir)."""
+        assert self.remote_root is not None
+        return str(self.remote_root / str(index))
+
+    async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
+        return await self.pool.run(snippet, timeout=timeout)
+
+    def open_connections(self) -> int:
+        s = self.pool.stats()
+        return s.connections + s.connecting
+
+    async def close(self) -> None:
+        """Close the pool; a later use opens a fresh one (pipen runs one
+        process after another with the same scheduler class)."""
+        if self.pending_rm:
+            remove, self.pending_rm = self.pending_rm, []
+            try:
+                await self.run(unshared.read_statuses([], remove))
+            except SshError:
+                pass
+        old, self.pool = self.pool, HostPool(self.spec.config)
+        await old.close()
+
+    async def ensure_ready(self, workdir: SpecPath) -> None:
+        """Check once per host that it can run jobs (bash >= 4.3, setsid),
+        and find out whether it sees the workdir."""
+        if self.probe is not None:
+            return
+        async with self._probe_lock:
+            if self.probe is not None:
+                return
+            result = await self.run(remote.PROBE)
+            probe = remote.ProbeResult.parse(result.stdout)
+            if not probe.has_bash:
+                raise SshError(
+                    self.label,
+                    "bash was not found on PATH; xqute_ssh runs every job "
+                    "through bash (4.3 or newer): install it on this host",
+                )
+            if not probe.has_setsid:
+                raise SshError(
+                    self.label,
+                    "setsid was not found on PATH (util-linux); it is needed to "
+                    "start jobs detached: install util-linux on this host",
+                )
+            if probe.bash_version is not None and probe.bash_version < (4, 3):
+                raise SshError(
+                    self.label,
+                    f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
+                    "old; xqute_ssh needs bash 4.3 or newer",
+                )
+            if self.shared is None:
+                self.shared = await self._sees_workdir(workdir)
+                logger.info(
+                    "%s %s the workdir: %s",
+                    self.label,
+                    "sees" if self.shared else "does not see",
+                    "jobs use it directly"
+                    if self.shared
+                    else "jobs run in a remote directory, files are fetched back",
+                )
+            if not self.shared:
+                root = self.spec.remote_workdir
+                if root and root.startswith("~/"):
+                    root = str(PurePosixPath(probe.home) / root[2:])
+                self.remote_root = (
+                    PurePosixPath(root)
+                    if root
+                    else unshared.default_remote_workdir(probe.home, str(workdir.path))
+                )
+            self.probe = probe
+            logger.info("%s ready (bash %s)", self.label, probe.bash_version)
+
+    async def _sees_workdir(self, workdir: SpecPath) -> bool:
+        """Write a random token locally; is it readable at the mounted path?"""
+        token = secrets.token_hex(16)
+        name = f".xqute-fs-check-{token[:12]}"
+        local = workdir / name
+        await fileio.write_text(local, token + "\n")
+        try:
+            reply = await self.run(
+                unshared.fs_token_check(str(self.host_workdir(workdir) / name))
+            )
+        finally:
+            await fileio.unlink(local)
+        return reply.stdout.strip() == token
