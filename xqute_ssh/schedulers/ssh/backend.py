@@ -257,12 +257,15 @@ class SshBackend:
             try:
                 await host.ensure_ready(ref.workdir)
                 if self.require_shared and not host.shared:
-                    self.placement.release(host.name, ref.index)
-                    errors.append(
+                    # Unusable for these jobs: keep it out of placement.
+                    reason = (
                         f"{host.label} does not see the workdir {ref.workdir}; "
                         "these jobs read and write its files directly, so use "
                         "hosts that mount it (mounted_workdir if at another path)"
                     )
+                    self.placement.release(host.name, ref.index)
+                    self.placement.mark_down(host.name, reason)
+                    errors.append(reason)
                     tried.add(host.name)
                     continue
                 await self._stage_in(ref, host)
