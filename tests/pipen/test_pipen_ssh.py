@@ -95,7 +95,9 @@ def test_missing_output_fails_the_job(sshd_cluster, tmp_path: Path) -> None:
     assert r.record["succeeded"] is False, r.log[-4000:]
     # the script exited 0; pipen's output check failed the job, in P1 itself
     assert (r.metadir("P1", 1) / "job.rc").read_text().strip() == "0"
-    assert [e[2] for e in r.events("failed")] == [1]
+    metadir = r.metadir("P1", 1)
+    assert "Output file 'outfile' is not generated" in (metadir / "job.stderr").read_text()
+    assert (metadir / "job.status").read_text().strip() == "7"  # FAILED
     assert r.record["procs"]["P1"]["succeeded"] is False
     assert "P2" not in r.record["procs"]
 
