@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +89,16 @@ P1_SCRIPT = {
 
 
 class P1(Proc):
-    """Four jobs."""
+    """Four jobs (config "jobs")."""
 
     input = "a"
-    input_data = [0, 1, 2, 3]
+    input_data = list(range(CONFIG.get("jobs", 4)))
     output = "outfile:file:a{{in.a}}.txt"
     script = P1_SCRIPT
 
 
 class P2(Proc):
-    """Four jobs, each doubling a P1 output."""
+    """One job per P1 job, each doubling its output."""
 
     requires = P1
     input = "infile:file"
@@ -133,8 +134,10 @@ def main() -> None:
         plugins=[Recorder],
         loglevel=CONFIG.get("loglevel", "info"),
     ).set_starts(P1)
+    started = time.perf_counter()
     try:
         RECORD["succeeded"] = bool(pipeline.run())
+        RECORD["seconds"] = time.perf_counter() - started
     finally:
         Path(CONFIG["result"]).write_text(json.dumps(RECORD))
 
