@@ -13,6 +13,7 @@ done, and the events.  It also adds on_jobcmd_* bash to every job.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -25,6 +26,29 @@ from pipen.pluginmgr import plugin
 CONFIG: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text())
 MARKS = CONFIG["marks"]  # a directory the jobs write markers into
 RECORD: dict[str, Any] = {"procs": {}, "events": []}
+
+
+def ssh_sockets() -> int:
+    """This process's open TCP connections to the servers' ports, from
+    /proc (what the kernel says, not what the pool thinks)."""
+    servers = (CONFIG.get("scheduler_opts") or {}).get("servers") or {}
+    ports = {int(spec["port"]) for spec in servers.values()}
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port in ports and fields[9] in mine and fields[3] != "06":
+                count += 1  # state 06 is TIME_WAIT: already closed by us
+    return count
 
 
 def _host(job: Any) -> str | None:
@@ -56,6 +80,7 @@ class Recorder:
                 sched.open_connections() if hasattr(sched, "open_connections") else None
             ),
             "workdir": str(proc.workdir),
+            "ssh_sockets": ssh_sockets(),
         }
 
     @plugin.impl

@@ -59,6 +59,7 @@ def test_pipeline_outputs_hooks_and_cache_on_ssh_hosts(sshd_cluster, tmp_path: P
     assert hosts == {"h0", "h1"}
     # no SSH connection left open when a process is done
     assert [v["open_connections"] for v in r.record["procs"].values()] == [0, 0, 0]
+    assert [v["ssh_sockets"] for v in r.record["procs"].values()] == [0, 0, 0]
     # a rerun: pipen's job cache, nothing runs again
     again = run(cfg, tag="again")
     assert again.returncode == 0 and again.record["succeeded"] is True, again.log[-4000:]
