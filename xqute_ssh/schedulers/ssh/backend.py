@@ -263,6 +263,8 @@ class SshBackend:
                         "these jobs read and write its files directly, so use "
                         "hosts that mount it (mounted_workdir if at another path)"
                     )
+                    if not self.placement.hosts[host.name].is_down(time.monotonic()):
+                        logger.warning("%s: not used", reason)
                     self.placement.release(host.name, ref.index)
                     self.placement.mark_down(host.name, reason)
                     errors.append(reason)

@@ -107,12 +107,12 @@ class SshScheduler(Scheduler):
 
     def job_ref(self, job: Job) -> JobRef:
         """What the backend needs from one of our jobs."""
-        spec = self.wrapper_spec(job)
-        old_job_dir = spec.job_metadir
 
         def render_for(workdir: str, job_dir: str) -> str:
+            # Only at a launch: the spec asks the plugins for their code.
+            spec = self.wrapper_spec(job)
             host_spec = dataclasses.replace(spec, metadir=workdir, job_metadir=job_dir)
-            if spec.cwd == old_job_dir:  # staging jobs run in their job dir
+            if spec.cwd == spec.job_metadir:  # staging jobs run in their job dir
                 host_spec.cwd = job_dir
             return render(host_spec)
 
