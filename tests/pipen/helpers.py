@@ -57,7 +57,7 @@ class Run:
 
 def config(tmp_path: Path, scenario: str, scheduler: str, **extra: Any) -> dict[str, Any]:
     marks = tmp_path / "marks"
-    marks.mkdir(exist_ok=True)
+    marks.mkdir(parents=True, exist_ok=True)
     return {
         "scenario": scenario,
         "scheduler": scheduler,

@@ -90,8 +90,10 @@ def test_failing_job_fails_the_pipeline(sshd_cluster, tmp_path: Path, scheduler:
     assert "P2" not in r.record["procs"]  # the pipeline stopped
 
 
-def test_missing_output_fails_the_job(sshd_cluster, tmp_path: Path) -> None:
-    cfg = config(tmp_path, "missing", "xqute_ssh", scheduler_opts={"servers": servers(sshd_cluster)})
+@pytest.mark.parametrize("scheduler", ["xqute_ssh", "xqute_ssh_local"])
+def test_missing_output_fails_the_job(sshd_cluster, tmp_path: Path, scheduler: str) -> None:
+    opts = {"servers": servers(sshd_cluster)} if scheduler == "xqute_ssh" else {}
+    cfg = config(tmp_path, "missing", scheduler, scheduler_opts=opts)
     r = run(cfg)
     assert r.record["succeeded"] is False, r.log[-4000:]
     # the script exited 0; pipen's output check failed the job, in P1 itself
@@ -197,3 +199,24 @@ def test_unknown_option_is_a_clear_error(tmp_path: Path) -> None:
     r = run(cfg)
     assert r.returncode != 0
     assert "unknown scheduler_opts for the xqute_ssh scheduler: sevrers_x" in r.log
+
+
+def _outcome(r: Any) -> dict[str, Any]:
+    """What a user sees of a run: success, per process, failed jobs, outputs."""
+    return {
+        "succeeded": r.record.get("succeeded"),
+        "procs": {p: v["succeeded"] for p, v in r.record["procs"].items()},
+        "failed": sorted((e[1], e[2]) for e in r.record["events"] if e[0] == "failed"),
+        "outputs": sorted(
+            (str(p.relative_to(r.outdir)), p.read_text())
+            for p in r.outdir.rglob("*")
+            if p.is_file()
+        ),
+    }
+
+
+@pytest.mark.parametrize("scenario", ["ok", "fail", "missing"])
+def test_same_outcome_as_pipens_local_scheduler(sshd_cluster, tmp_path: Path, scenario: str) -> None:
+    theirs = run(config(tmp_path / "local", scenario, "local"))
+    ours = run(config(tmp_path / "ssh", scenario, "xqute_ssh", scheduler_opts={"servers": servers(sshd_cluster)}))
+    assert _outcome(ours) == _outcome(theirs), ours.log[-3000:]
