@@ -44,7 +44,7 @@ from .. import fileio
 from ..errors import ConfigError
 from ..path import SpecPath
 from ..schedulers.local import kill_wrapper, start_wrapper, wrapper_runs
-from ..schedulers.ssh.backend import JobRef, SshBackend, parse_jid
+from ..schedulers.ssh.backend import JobRef, SshBackend
 from ..schedulers.ssh.options import CONNECTION_KEYS, parse_servers
 from ..ssh.config import DEFAULT_KNOWN_HOSTS
 from ..status import JobStatus
@@ -389,4 +389,4 @@ def _jid(value: Any) -> str | None:
     return text or None
 
 
-__all__ = ["PipenLocalScheduler", "PipenSshScheduler", "parse_jid"]
+__all__ = ["PipenLocalScheduler", "PipenSshScheduler"]
