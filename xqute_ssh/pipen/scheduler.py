@@ -47,6 +47,7 @@ from ..schedulers.local import kill_wrapper, start_wrapper, wrapper_runs
 from ..schedulers.ssh.backend import JobRef, SshBackend
 from ..schedulers.ssh.options import CONNECTION_KEYS, parse_servers
 from ..ssh.config import DEFAULT_KNOWN_HOSTS
+from ..ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL
 from ..status import JobStatus
 from ..wrapper import WrapperSpec, render
 from .render import job_envs, join_code, prep_code
@@ -202,7 +203,8 @@ class PipenSshScheduler(_PipenScheduler):
     """pipen's ``scheduler="xqute_ssh"``: jobs on SSH hosts.
 
     ``scheduler_opts`` are the options of ``Xqute("ssh")``: ``servers``
-    (required), ``host_cooldown``, ``lost_after``, ``kill_grace``,
+    (required), ``host_cooldown``, ``probe_backoff``, ``probe_max_interval``,
+    ``lost_after``, ``kill_grace``,
     ``forks_per_server`` and any server option as a default for every server.
     Hosts must see the workdir (directly or through ``mounted_workdir``):
     pipen's jobs read their inputs and write their outputs at its paths.
@@ -214,7 +216,9 @@ class PipenSshScheduler(_PipenScheduler):
         self,
         *args: Any,
         servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
-        host_cooldown: float = 30.0,
+        host_cooldown: float = HOST_COOLDOWN,
+        probe_backoff: float = PROBE_BACKOFF,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
         lost_after: float = 30.0,
         **kwargs: Any,
     ) -> None:
@@ -226,7 +230,8 @@ class PipenSshScheduler(_PipenScheduler):
         _check_options(
             self.name,
             {k: v for k, v in kwargs.items() if k != "kill_grace"},
-            ["servers", "host_cooldown", "lost_after", "kill_grace", "forks_per_server",
+            ["servers", "host_cooldown", "probe_backoff", "probe_max_interval",
+             "lost_after", "kill_grace", "forks_per_server",
              *sorted(CONNECTION_KEYS), "shared_fs"],
         )
         super().__init__(*args, **kwargs)
@@ -241,9 +246,12 @@ class PipenSshScheduler(_PipenScheduler):
             self.servers,
             self.forks,
             host_cooldown=host_cooldown,
+            probe_backoff=probe_backoff,
+            probe_max_interval=probe_max_interval,
             lost_after=lost_after,
             kill_grace=self.kill_grace,
             require_shared=True,
+            stopping=lambda: self.halted,
         )
         if self.forks > self.backend.capacity:
             logger.warning(

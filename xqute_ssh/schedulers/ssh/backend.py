@@ -10,7 +10,9 @@ failed on) itself, keyed by job index, since a scheduler's Job may have
 ``__slots__``.
 
 * Placement: the host with the most free slots (``forks`` per server),
-  skipping hosts marked down after a connection failure.
+  among the hosts known to answer (:mod:`~xqute_ssh.ssh.health`): a host
+  that fails to connect is out of placement at once and probed in the
+  background with backoff until it answers again.
 * Launch: one round trip over the host's control session starts the wrapper
   detached and returns its pid and start time; the job id is
   ``<server>:<pid>:<starttime>``, so a reused pid never makes an ended job
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shlex
 import tempfile
@@ -39,23 +42,39 @@ import asyncssh
 
 from ... import fileio, staging
 from ...errors import (
+    ConfigError,
     JobSubmissionError,
+    SshConnectError,
     SshConnectionLost,
     SshError,
     SshPoolClosed,
+    SshTimeoutError,
 )
 from ...path import SpecPath
+from ...ssh import CommandResult
+from ...ssh.health import (
+    HOST_COOLDOWN,
+    PROBE_BACKOFF,
+    PROBE_MAX_INTERVAL,
+    HostHealth,
+)
 from ...status import JobStatus
 from . import remote, unshared
 from .host import SshHost
 from .options import ServerSpec
 from .placement import HostSlots, Placement
+from .watch import HostWatch
 
 logger = logging.getLogger("xqute_ssh")
 
 #: How long to look for a job that may have started when the connection
 #: dropped while we were starting it (the wrapper writes job.pid at once).
 LAUNCH_ADOPT_WAIT = 3.0
+#: On a stop, how long to wait for the reply of a launch already sent (the
+#: job may have started: its id is needed to kill it).
+LAUNCH_STOP_WAIT = 3.0
+#: Bound on each round trip of a kill, so a stop never waits on a dead host.
+KILL_ROUND_TRIP = 5.0
 
 
 def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
@@ -128,6 +147,8 @@ class JobState:
 
     host: str | None = None
     failed_hosts: set[str] = field(default_factory=set)
+    #: A launch cut short by a stop still learnt the job's id: kill it.
+    started_jid: str | None = None
     stage_out_errors: list[str] = field(default_factory=list)
     fetch_after_kill: bool = False
 
@@ -138,12 +159,17 @@ class SshBackend:
     Args:
         servers: the parsed servers.
         forks: slots per server when a server does not say.
-        host_cooldown: seconds a host that failed to connect is skipped.
+        host_cooldown: seconds from a host's failure to its first background
+            probe (it takes no jobs meanwhile).
+        probe_backoff: each failed probe multiplies the wait before the next.
+        probe_max_interval: the longest wait between two probes.
         lost_after: seconds a host may stay unreachable before the jobs that
-            were running there are reported lost.
+            were running there are reported lost; also how long an outage of
+            every host is waited out before the jobs not started fail.
         kill_grace: seconds between TERM and KILL.
         require_shared: refuse hosts that do not see the workdir (pipen's
             jobs read and write the controller's paths directly).
+        stopping: tells whether the run stops (start no new job).
     """
 
     def __init__(
@@ -151,21 +177,47 @@ class SshBackend:
         servers: Sequence[ServerSpec],
         forks: int,
         *,
-        host_cooldown: float = 30.0,
+        host_cooldown: float = HOST_COOLDOWN,
+        probe_backoff: float = PROBE_BACKOFF,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
         lost_after: float = 30.0,
         kill_grace: float = 5.0,
         require_shared: bool = False,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.hosts: dict[str, SshHost] = {s.name: SshHost(s) for s in servers}
-        self.placement = Placement(
-            (HostSlots(s.name, s.forks or forks) for s in servers),
-            cooldown=host_cooldown,
+        for name, value in (
+            ("host_cooldown", host_cooldown),
+            ("probe_max_interval", probe_max_interval),
+        ):
+            if not float(value) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
+        if not float(probe_backoff) >= 1:
+            raise ConfigError(f"probe_backoff must be >= 1, got {probe_backoff!r}")
+        self.hosts: dict[str, SshHost] = {
+            s.name: SshHost(s, functools.partial(self._connected, s.name)) for s in servers
+        }
+        self.placement = Placement(HostSlots(s.name, s.forks or forks) for s in servers)
+        self.health = HostHealth(
+            self.hosts,
+            cooldown=float(host_cooldown),
+            backoff=float(probe_backoff),
+            max_interval=float(probe_max_interval),
+            labels={
+                n: h.label if n == h.label else f"{n} ({h.label})"
+                for n, h in self.hosts.items()
+            },
         )
+        #: Made at the first job: it keeps its host file in the workdir,
+        #: which pipen only sets after the scheduler was made.
+        self.watch: HostWatch | None = None
+        self.workdir: SpecPath | None = None
         self.lost_after = lost_after
         self.kill_grace = kill_grace
         self.require_shared = require_shared
+        self.stopping = stopping
         self.jobs: dict[int, JobState] = {}
         self._slot_freed = asyncio.Event()
+        self._hopeless_said = False
         self._unreachable_since: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -190,26 +242,79 @@ class SshBackend:
         return sum(h.open_connections() for h in self.hosts.values())
 
     async def close(self) -> None:
-        """Close every host's connections (they reopen if used again)."""
+        """Stop probing; close every host's connections (they reopen if used
+        again).  A host that is down is not waited for."""
+        if self.watch is not None:
+            await self.watch.close()
+            self.watch = None
         await asyncio.gather(
-            *(h.close() for h in self.hosts.values()), return_exceptions=True
+            *(h.close(flush=self.health.usable(h.name)) for h in self.hosts.values()),
+            return_exceptions=True,
         )
 
+    # --------------------------------------------------------------- health
+    def _connected(self, name: str, exc: BaseException | None) -> None:
+        if self.watch is not None:
+            self.watch.connected(name, exc)
+
+    def _use_workdir(self, workdir: SpecPath) -> HostWatch:
+        """Remember the workdir jobs now use; start the host watch."""
+        self.workdir = workdir
+        if self.watch is None:
+            self.watch = HostWatch(
+                self.health, self._probe_host, workdir, self._slot_freed.set
+            )
+        self.watch.start()
+        return self.watch
+
+    async def _probe_host(self, name: str) -> None:
+        """One probe (for the HostWatch): readiness once, then a round trip."""
+        host = self.hosts[name]
+        if host.probe is None:
+            assert self.workdir is not None
+            await host.ensure_ready(self.workdir)
+            if self.require_shared and not host.shared:
+                raise ConfigError(self._unshared_reason(host, self.workdir))
+        else:
+            await host.run(":", timeout=host.spec.config.connect_timeout)
+
+    def _unshared_reason(self, host: SshHost, workdir: SpecPath) -> str:
+        return (
+            f"{host.label} does not see the workdir {workdir}; these jobs read "
+            "and write its files directly, so use hosts that mount it "
+            "(mounted_workdir if at another path)"
+        )
+
+    def _raise_if_cut_off(self, host: SshHost, more: str = "") -> None:
+        """A host that is down with no connection open: say so at once
+        rather than wait for a connect (a stop or a poll cycle must not)."""
+        rec = self.health.health_of(host.name)
+        if rec.is_down and host.pool.stats().connections == 0:
+            raise SshConnectError(host.label, f"the host is down ({rec.reason}){more}")
+
     # ------------------------------------------------------------ placement
-    async def _reserve(self, index: int, avoid: set[str]) -> SshHost | None:
-        """A host with a free slot for the job; waits while all are busy."""
+    async def _reserve(self, index: int, avoid: set[str]) -> SshHost:
+        """A host that answers, with a free slot; waits while there is none.
+
+        Raises CancelledError once the run stops, JobSubmissionError when
+        every host is down for good (the message names each host and why).
+        """
         while True:
-            slots = self.placement.pick(index, avoid=avoid)
+            if self.stopping():
+                raise asyncio.CancelledError
+            slots = self.placement.pick(
+                index, avoid=avoid, among=self.health.usable_names()
+            )
             if slots is not None:
                 return self.hosts[slots.name]
-            usable = [
-                h
-                for h in self.placement.hosts.values()
-                if h.name not in avoid and not h.is_down(time.monotonic())
-            ]
-            if not usable:
-                slots = self.placement.pick_down(index, avoid=avoid)
-                return self.hosts[slots.name] if slots is not None else None
+            reason = self.health.hopeless(self.lost_after)
+            if reason is not None:
+                if not self._hopeless_said:
+                    self._hopeless_said = True
+                    logger.error("%s; the jobs not started yet fail", reason)
+                err = JobSubmissionError(f"no host could start the job: {reason}")
+                err.reported = True
+                raise err
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -244,31 +349,19 @@ class SshBackend:
         The job's status file says SUBMITTED already (the caller wrote it).
         """
         state = self.state(ref.index)
+        state.started_jid = None
         avoid = set(state.failed_hosts)
-        tried: set[str] = set()
         lost_once: set[str] = set()
-        errors: list[str] = []
+        watch = self._use_workdir(ref.workdir)
         while True:
-            host = await self._reserve(ref.index, avoid | tried)
-            if host is None:
-                detail = "; ".join(errors) or "every host is marked down"
-                raise JobSubmissionError(f"no host could start the job: {detail}")
+            host = await self._reserve(ref.index, avoid)
             state.host = host.name
             try:
                 await host.ensure_ready(ref.workdir)
                 if self.require_shared and not host.shared:
-                    # Unusable for these jobs: keep it out of placement.
-                    reason = (
-                        f"{host.label} does not see the workdir {ref.workdir}; "
-                        "these jobs read and write its files directly, so use "
-                        "hosts that mount it (mounted_workdir if at another path)"
-                    )
-                    if not self.placement.hosts[host.name].is_down(time.monotonic()):
-                        logger.warning("%s: not used", reason)
+                    # Unusable for these jobs: out of placement for the run.
                     self.placement.release(host.name, ref.index)
-                    self.placement.mark_down(host.name, reason)
-                    errors.append(reason)
-                    tried.add(host.name)
+                    watch.failed(host.name, ConfigError(self._unshared_reason(host, ref.workdir)))
                     continue
                 await self._stage_in(ref, host)
                 text = self._render_for(ref, host)
@@ -277,7 +370,9 @@ class SshBackend:
                 # job id "<server>:" says where the job goes before it exists:
                 # if we die before its pid is recorded, a restart finds it.
                 await fileio.to_thread(_write_script_and_jid, ref, text, host.name)
-                reply = await host.run(self._launch_request(ref, host, text))
+                if self.stopping():
+                    raise asyncio.CancelledError
+                reply = await self._launch(ref, host, self._launch_request(ref, host, text))
             except SshPoolClosed:
                 self.placement.release(host.name, ref.index)
                 raise  # shutting down: no other host will do either
@@ -292,12 +387,10 @@ class SshBackend:
                     lost_once.add(host.name)
                     logger.info("job %s: %s; trying %s again", ref.index, exc, host.name)
                     continue
-                # Unreachable, or unusable (auth, host key, no bash): skip it
-                # for a cool-down and try the next host.
-                self.placement.mark_down(host.name, str(exc))
-                logger.warning("job %s: %s; trying another host", ref.index, exc)
-                errors.append(str(exc))
-                tried.add(host.name)
+                # Unreachable or unusable: the host is out of placement (one
+                # warning, from the health) and the job goes elsewhere.
+                logger.debug("job %s: %s; trying another host", ref.index, exc)
+                watch.failed(host.name, exc)
                 continue
             except BaseException:
                 self.placement.release(host.name, ref.index)
@@ -317,8 +410,28 @@ class SshBackend:
                     f"{host.label}: could not start the job: {launched} "
                     f"{reply.stderr.strip()}".strip()
                 )
-            self.placement.mark_up(host.name)
             return f"{host.name}:{launched.pid}:{launched.starttime}"
+
+    async def _launch(self, ref: JobRef, host: SshHost, request: str) -> CommandResult:
+        """Send the launch request; if the run stops meanwhile, still learn
+        the job's id (it may have started) so that the stop can kill it."""
+        task = asyncio.ensure_future(host.run(request))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            reply: CommandResult | None = None
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(LAUNCH_STOP_WAIT):
+                    reply = await task
+            if not task.done():
+                task.cancel()
+            launched = remote.parse_launch(reply.stdout) if reply is not None else None
+            if launched is not None and not isinstance(launched, str):
+                jid = f"{host.name}:{launched.pid}:{launched.starttime}"
+                self.state(ref.index).started_jid = jid
+                with contextlib.suppress(OSError):
+                    await fileio.write_text(ref.jid_file, f"{jid}\n")
+            raise
 
     def _render_for(self, ref: JobRef, host: SshHost) -> str:
         if host.shared:
@@ -475,6 +588,7 @@ class SshBackend:
         async def check(name: str, items: list[tuple[int, int, int]]) -> None:
             host = self.hosts[name]
             try:
+                self._raise_if_cut_off(host)
                 reply = await host.run(
                     remote.dead_among([(pid, start) for _, pid, start in items])
                 )
@@ -615,7 +729,14 @@ class SshBackend:
             return
         name, pid, start = parsed
         host = self.hosts[name]
-        reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
+        self._raise_if_cut_off(host, f"; job {ref.index} (pid {pid}) may still run there")
+        try:
+            async with asyncio.timeout(KILL_ROUND_TRIP):
+                reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
+        except TimeoutError:
+            raise SshTimeoutError(
+                host.label, f"no answer to the kill within {KILL_ROUND_TRIP:g}s"
+            ) from None
         if "xq-killing" not in reply.stdout:
             return
         # The host escalates to KILL by itself; wait until the group is gone
@@ -623,7 +744,7 @@ class SshBackend:
         deadline = time.monotonic() + self.kill_grace + 5
         state = self.state(ref.index)
         while time.monotonic() < deadline:
-            check = await host.run(remote.group_alive(pid))
+            check = await host.run(remote.group_alive(pid), timeout=KILL_ROUND_TRIP)
             if "gone" in check.stdout:
                 if state.fetch_after_kill and host.shared is False:
                     state.fetch_after_kill = False

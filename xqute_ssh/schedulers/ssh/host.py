@@ -8,8 +8,10 @@ workdir after the scheduler was made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from ... import fileio
@@ -21,14 +23,22 @@ from .options import ServerSpec
 
 logger = logging.getLogger("xqute_ssh")
 
+#: Bound on the clean-up round trip when a host's pool is closed.
+FLUSH_WAIT = 5.0
+
 
 class SshHost:
     """A server's pool, capabilities and paths (I/O lives here)."""
 
-    def __init__(self, spec: ServerSpec) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        on_connect: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.pool = HostPool(spec.config)
+        self._on_connect = on_connect
+        self.pool = HostPool(spec.config, on_connect=on_connect)
         self.probe: remote.ProbeResult | None = None
         self._probe_lock = asyncio.Lock()
         #: Whether this host sees the workdir (decided once, at first use).
@@ -68,16 +78,15 @@ class SshHost:
         s = self.pool.stats()
         return s.connections + s.connecting
 
-    async def close(self) -> None:
-        """Close the pool; a later use opens a fresh one (pipen runs one
-        process after another with the same scheduler class)."""
-        if self.pending_rm:
+    async def close(self, flush: bool = True) -> None:
+        """Close the pool; a later use opens a fresh one.  With ``flush``,
+        fetched remote job directories are removed first (bounded wait)."""
+        if self.pending_rm and flush:
             remove, self.pending_rm = self.pending_rm, []
-            try:
-                await self.run(unshared.read_statuses([], remove))
-            except SshError:
-                pass
-        old, self.pool = self.pool, HostPool(self.spec.config)
+            with contextlib.suppress(SshError, TimeoutError):
+                async with asyncio.timeout(FLUSH_WAIT):
+                    await self.run(unshared.read_statuses([], remove))
+        old, self.pool = self.pool, HostPool(self.spec.config, on_connect=self._on_connect)
         await old.close()
 
     async def ensure_ready(self, workdir: SpecPath) -> None:

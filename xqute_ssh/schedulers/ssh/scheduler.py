@@ -8,6 +8,8 @@ our Scheduler's steps onto the backend's calls.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,11 +19,13 @@ from ...errors import ConfigError
 from ...job import Job
 from ...scheduler import Scheduler
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
+from ...ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL, HostHealth
 from ...status import JobStatus
 from ...wrapper import render
 from .backend import JobRef, SshBackend, parse_jid
 from .host import SshHost
 from .options import CONNECTION_KEYS, parse_servers
+from .placement import Placement
 
 logger = logging.getLogger("xqute_ssh")
 
@@ -35,9 +39,14 @@ class SshScheduler(Scheduler):
         servers: ``{name: {host, port, user, keyfile, password, known_hosts,
             config, proxy_jump, forks, max_sessions, mounted_workdir,
             shared_fs, ...}}`` or a list of ``"[user@]host[:port]"``.
-        host_cooldown: seconds a host that failed to connect is skipped.
+        host_cooldown: seconds from a host's failure to its first background
+            probe (it takes no jobs meanwhile).
+        probe_backoff: each failed probe multiplies the wait before the next.
+        probe_max_interval: the longest wait between two probes.
         lost_after: seconds a host may stay unreachable before the jobs that
-            were running there are reported lost (FAILED, naming the host).
+            were running there are reported lost (FAILED, naming the host);
+            also how long an outage of every host is waited out before the
+            jobs not started fail.
         Any server option at this level is a default for every server.
     """
 
@@ -47,7 +56,9 @@ class SshScheduler(Scheduler):
         self,
         *args: Any,
         servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
-        host_cooldown: float = 30.0,
+        host_cooldown: float = HOST_COOLDOWN,
+        probe_backoff: float = PROBE_BACKOFF,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
         lost_after: float = 30.0,
         **kwargs: Any,
     ) -> None:
@@ -75,8 +86,11 @@ class SshScheduler(Scheduler):
             self.servers,
             self.forks,
             host_cooldown=host_cooldown,
+            probe_backoff=probe_backoff,
+            probe_max_interval=probe_max_interval,
             lost_after=lost_after,
             kill_grace=self.kill_grace,
+            stopping=lambda: self.stopping,
         )
         # A job can only run where a slot is; never admit more than all hosts hold.
         if self.forks > self.backend.capacity:
@@ -98,8 +112,13 @@ class SshScheduler(Scheduler):
         return self.backend.hosts
 
     @property
-    def placement(self) -> Any:
+    def placement(self) -> Placement:
         return self.backend.placement
+
+    @property
+    def health(self) -> HostHealth:
+        """Which hosts answer (the live view and ``status`` show it)."""
+        return self.backend.health
 
     async def shutdown(self) -> None:
         await super().shutdown()
@@ -151,6 +170,13 @@ class SshScheduler(Scheduler):
     async def submit_job(self, job: Job) -> str:
         try:
             return await self.backend.submit(self.job_ref(job))
+        except asyncio.CancelledError:
+            # Stopped mid-launch: if the job started, the stop must kill it.
+            jid = self.backend.state(job.index).started_jid
+            if jid is not None:
+                with contextlib.suppress(OSError):
+                    await job.set_jid(jid)
+            raise
         finally:
             self._sync_host(job)
 
