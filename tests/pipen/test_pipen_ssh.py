@@ -50,7 +50,12 @@ def check_outputs(r: Any) -> None:
 
 
 def test_pipeline_outputs_hooks_and_cache_on_ssh_hosts(sshd_cluster, tmp_path: Path) -> None:
-    cfg = config(tmp_path, "ok", "xqute_ssh", scheduler_opts={"servers": servers(sshd_cluster)})
+    # one slot per host: the jobs of a process cannot all go to the host
+    # that answered first
+    cfg = config(
+        tmp_path, "ok", "xqute_ssh",
+        scheduler_opts={"servers": servers(sshd_cluster), "forks_per_server": 1},
+    )
     r = run(cfg)
     check_outputs(r)
     # our wrapper ran each job, on both hosts
