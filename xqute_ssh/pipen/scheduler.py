@@ -109,9 +109,12 @@ class _PipenScheduler(SchedulerPostInit, XquteScheduler):  # type: ignore[misc]
             )
         return workdir
 
-    def render_wrapper(self, job: Any, workdir: str, job_dir: str) -> str:
+    def render_wrapper(
+        self, job: Any, workdir: str, job_dir: str, heartbeat: float = 0
+    ) -> str:
         """The wrapper for ``job`` on a host that sees the workdir and the
-        job's directory at these paths."""
+        job's directory at these paths (touching job.pid every ``heartbeat``
+        seconds, 0: never)."""
         cmd = [str(c) for c in job.cmd]
         spec = WrapperSpec(
             cmd=cmd,
@@ -131,6 +134,7 @@ class _PipenScheduler(SchedulerPostInit, XquteScheduler):  # type: ignore[misc]
             timeout=float(self.timeout or 0),
             kill_grace=self.kill_grace,
             cwd=self.cwd,
+            heartbeat=heartbeat,
         )
         return render(spec)
 
@@ -270,7 +274,9 @@ class PipenSshScheduler(_PipenScheduler):
             index=int(job.index),
             workdir=self.local_workdir(),
             metadir=_ours(job.metadir),
-            render=lambda workdir, job_dir: self.render_wrapper(job, workdir, job_dir),
+            render=lambda workdir, job_dir, beat: self.render_wrapper(
+                job, workdir, job_dir, beat
+            ),
             script_name=self.script_name(),
         )
 

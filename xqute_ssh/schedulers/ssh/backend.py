@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import shlex
 import tempfile
 import time
@@ -60,6 +61,7 @@ from ...ssh.health import (
 )
 from ...status import JobStatus
 from . import remote, unshared
+from .fencing import Fence, Verdict
 from .host import SshHost
 from .options import ServerSpec
 from .placement import HostSlots, Placement
@@ -91,8 +93,18 @@ def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
 
 
 #: Renders a job's wrapper for a host: (workdir, job directory) as the host
-#: sees them -> the script's text.
-Renderer = Callable[[str, str], str]
+#: sees them, and the heartbeat interval (0: none) -> the script's text.
+Renderer = Callable[[str, str, float], str]
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Why an active job is taken as ended without a final status."""
+
+    reason: str
+    #: Set when its attempt may still run on an unreachable host: it must
+    #: not be started elsewhere (see fencing.py).
+    fenced: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,6 +231,8 @@ class SshBackend:
         self._slot_freed = asyncio.Event()
         self._hopeless_said = False
         self._unreachable_since: dict[str, float] = {}
+        self._reported_alive: set[str] = set()
+        self.fence = Fence(lost_after)
 
     def __repr__(self) -> str:
         return f"<SshBackend [{', '.join(self.hosts)}] {self.placement!r}>"
@@ -438,8 +452,9 @@ class SshBackend:
             return ref.render(
                 str(host.host_workdir(ref.workdir)),
                 host.mounted(ref.workdir, ref.metadir),
+                self.fence.heartbeat_interval,
             )
-        return ref.render(str(host.remote_root), host.job_dir(ref.index))
+        return ref.render(str(host.remote_root), host.job_dir(ref.index), 0)
 
     def _launch_request(self, ref: JobRef, host: SshHost, text: str) -> str:
         if host.shared:
@@ -467,7 +482,9 @@ class SshBackend:
                     await sftp.makedirs(parent, exist_ok=True)
                     await sftp.put(str(item.source), dest, recurse=True, preserve=True)
         except (OSError, asyncssh.Error) as exc:
-            raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
+            raise JobSubmissionError(
+                f"{host.label}: stage_in failed: {_sftp_hint(exc)}"
+            ) from exc
 
     async def _stage_out_remote(self, ref: JobRef, host: SshHost, job_dir: str) -> list[str]:
         errors = []
@@ -484,7 +501,7 @@ class SshBackend:
                         continue
                     await sftp.get(src, str(dst), recurse=True, preserve=True)
         except (OSError, asyncssh.Error, SshError) as exc:
-            errors.append(f"stage_out from {host.label} failed: {exc}")
+            errors.append(f"stage_out from {host.label} failed: {_sftp_hint(exc)}")
         return errors
 
     def take_stage_out_errors(self, index: int) -> list[str]:
@@ -573,39 +590,38 @@ class SshBackend:
 
     async def lost_reasons(
         self, jobs: Sequence[tuple[JobRef, str | None]]
-    ) -> list[str | None]:
+    ) -> list[Lost | None]:
         """For each (job, job id): why its process is gone without a final
-        status, or None while it runs.  One round trip per host."""
-        by_host: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
-        result: list[str | None] = [None] * len(jobs)
-        for i, (_, jid) in enumerate(jobs):
+        status, or None while it runs (or may still run: a job on a host that
+        stopped answering is given up only as fencing.py allows).  One round
+        trip per host."""
+        by_host: dict[str, list[tuple[int, JobRef, int, int]]] = defaultdict(list)
+        result: list[Lost | None] = [None] * len(jobs)
+        for i, (ref, jid) in enumerate(jobs):
             parsed = parse_jid(jid)
             if parsed is None or parsed[0] not in self.hosts:
-                result[i] = f"its job id {jid!r} names no known host"
+                result[i] = Lost(f"its job id {jid!r} names no known host")
                 continue
-            by_host[parsed[0]].append((i, parsed[1], parsed[2]))
+            by_host[parsed[0]].append((i, ref, parsed[1], parsed[2]))
 
-        async def check(name: str, items: list[tuple[int, int, int]]) -> None:
+        async def check(name: str, items: list[tuple[int, JobRef, int, int]]) -> None:
             host = self.hosts[name]
             try:
                 self._raise_if_cut_off(host)
                 reply = await host.run(
-                    remote.dead_among([(pid, start) for _, pid, start in items])
+                    remote.dead_among([(pid, start) for _, _, pid, start in items])
                 )
             except SshError as exc:
-                since = self._unreachable_since.setdefault(name, time.monotonic())
-                if time.monotonic() - since >= self.lost_after:
-                    for i, _, _ in items:
-                        result[i] = (
-                            f"host {host.label} has been unreachable for "
-                            f"{self.lost_after:.0f}s ({exc}); the job is lost"
-                        )
+                await self._fence_unreachable(host, items, result, exc)
                 return
-            self._unreachable_since.pop(name, None)
+            if self._unreachable_since.pop(name, None) is not None:
+                logger.warning("%s answers again", host.label)
+            for _, ref, _, _ in items:
+                self.fence.forget(ref.index)
             dead = remote.parse_pids(reply.stdout)
-            for i, pid, _ in items:
+            for i, _, pid, _ in items:
                 if pid in dead:
-                    result[i] = (
+                    result[i] = Lost(
                         f"the job's process (pid {pid}) on {host.label} is gone "
                         "but it never wrote a final status (killed from outside, "
                         "out of memory, or the host rebooted)"
@@ -615,6 +631,56 @@ class SshBackend:
             for name, items in by_host.items():
                 tg.create_task(check(name, items))
         return result
+
+    async def _fence_unreachable(
+        self,
+        host: SshHost,
+        items: list[tuple[int, JobRef, int, int]],
+        result: list[Lost | None],
+        exc: SshError,
+    ) -> None:
+        """Jobs of a host that did not answer: which may be given up now
+        (fencing.py says why a job is never started elsewhere while its
+        attempt may be alive)."""
+        now = time.monotonic()
+        since = self._unreachable_since.setdefault(host.name, now)
+        away = now - since
+        beats = (
+            await fileio.to_thread(_heartbeats, [r for _, r, _, _ in items])
+            if host.shared
+            else {}
+        )
+        waiting_alive = 0
+        for i, ref, _, _ in items:
+            verdict = self.fence.verdict(ref.index, beats.get(ref.index), away, now)
+            if verdict == Verdict.WAIT:
+                if away >= self.lost_after:
+                    waiting_alive += 1
+                continue
+            self.fence.forget(ref.index)
+            if verdict == Verdict.DEAD:
+                result[i] = Lost(
+                    f"host {host.label} has been unreachable for {away:.0f}s "
+                    f"({exc}) and the job's heartbeat has not changed for "
+                    f"{self.fence.lease:.0f}s: taken as dead"
+                )
+            else:
+                result[i] = Lost(
+                    f"host {host.label} has been unreachable for {away:.0f}s "
+                    f"({exc}); the job is given up, but its attempt may still run "
+                    "there, so it is not started elsewhere and its files are left "
+                    "for a later run on this workdir to settle",
+                    fenced=(
+                        f"its attempt may still run on {host.label}, unreachable for "
+                        f"{away:.0f}s"
+                    ),
+                )
+        if waiting_alive and host.name not in self._reported_alive:
+            self._reported_alive.add(host.name)
+            logger.warning(
+                "%s has been unreachable for %.0fs, but the heartbeats of %d of its "
+                "jobs go on: waiting for them", host.label, away, waiting_alive,
+            )
 
     # --------------------------------------------- hosts without the workdir
     async def refresh_unshared(
@@ -681,7 +747,7 @@ class SshBackend:
                 await fileio.to_thread(
                     _write_outputs, ref, fetched.stdout, fetched.stderr
                 )
-        except (SshError, OSError) as exc:
+        except (SshError, OSError, asyncssh.Error) as exc:
             logger.warning(
                 "job %s: cannot fetch its files from %s: %s", ref.index, host.label, exc
             )
@@ -698,22 +764,49 @@ class SshBackend:
         return status
 
     async def _stream_outputs(self, ref: JobRef, host: SshHost, job_dir: str) -> None:
-        """Large outputs: SFTP straight into the local files, in chunks (a
-        cloud workdir: into a temporary file first, then uploaded)."""
-        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-            for name, dest in (
-                ("job.stdout", ref.stdout_file),
-                ("job.stderr", ref.stderr_file),
-            ):
-                if not await sftp.exists(f"{job_dir}/{name}"):
-                    continue
-                if not dest.is_cloud:
-                    await sftp.get(f"{job_dir}/{name}", str(dest))
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = Path(tmp) / name
-                    await sftp.get(f"{job_dir}/{name}", str(local))
-                    await fileio.to_thread(fileio.upload_sync, local, dest)
+        """Large outputs: copied in chunks straight into the local files,
+        never whole in memory (a cloud workdir: into a temporary file first,
+        then uploaded).  No SFTP, so hosts without an SFTP subsystem work
+        too."""
+        for name, dest in (
+            ("job.stdout", ref.stdout_file),
+            ("job.stderr", ref.stderr_file),
+        ):
+            src = f"{job_dir}/{name}"
+            if not dest.is_cloud:
+                await self._cat_into(host, src, Path(str(dest.path)))
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / name
+                await self._cat_into(host, src, local)
+                await fileio.to_thread(fileio.upload_sync, local, dest)
+
+    async def _cat_into(self, host: SshHost, src: str, dest: Path) -> None:
+        """Copy a remote file into ``dest``, one chunk per round trip over
+        the control session (``unshared.read_chunk``): memory stays bounded
+        by the chunk, and neither SFTP nor another channel is needed.
+
+        (asyncssh's exec-channel streams were tried first: under a slow
+        reader their receive buffer grew without bound, ~50 MB for 100 MB.)
+        """
+        out = await fileio.to_thread(open, dest, "wb")
+        try:
+            offset = 0
+            while True:
+                snippet, mark = unshared.read_chunk(src, offset)
+                reply = await host.run(snippet)
+                data = unshared.parse_chunk(reply.stdout, mark)
+                if data is None:
+                    raise SshError(
+                        host.label, f"could not read {src} at byte {offset}"
+                    )
+                if data:
+                    await fileio.to_thread(out.write, data)
+                offset += len(data)
+                if len(data) < unshared.CHUNK:
+                    return
+        finally:
+            await fileio.to_thread(out.close)
 
     # ----------------------------------------------------------------- kill
     def fetch_after_kill(self, index: int) -> None:
@@ -752,6 +845,35 @@ class SshBackend:
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", ref.index, name)
+
+
+def _sftp_hint(exc: BaseException) -> str:
+    """An SFTP failure, saying what to do when the subsystem is missing."""
+    if isinstance(exc, asyncssh.ChannelOpenError | asyncssh.ProcessError) or (
+        "subsystem" in str(exc).lower() or "session request failed" in str(exc).lower()
+    ):
+        return (
+            f"{exc}: staging files to or from a host without the workdir needs "
+            "the host's SFTP subsystem ('Subsystem sftp ...' in its sshd_config), "
+            "which it does not seem to offer; enable it, or run the job on a "
+            "host that shares the workdir"
+        )
+    return str(exc)
+
+
+def _heartbeats(refs: Sequence[JobRef]) -> dict[int, int]:
+    """The mtime of each job's job.pid (shared workdir): the heartbeat its
+    wrapper touches.
+
+    Blocking but cheap (a stat per job of a host that stopped answering,
+    once per recheck)."""
+    out: dict[int, int] = {}
+    for ref in refs:
+        try:
+            out[ref.index] = os.stat(str(ref.pid_file.path)).st_mtime_ns
+        except (OSError, TypeError):
+            continue
+    return out
 
 
 def _local(ref: JobRef) -> Path:

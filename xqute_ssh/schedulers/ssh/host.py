@@ -41,6 +41,8 @@ class SshHost:
         self.pool = HostPool(spec.config, on_connect=on_connect)
         self.probe: remote.ProbeResult | None = None
         self._probe_lock = asyncio.Lock()
+        #: Why this host cannot run jobs at all (found once by the probe).
+        self.unusable: SshError | None = None
         #: Whether this host sees the workdir (decided once, at first use).
         self.shared: bool | None = spec.shared_fs if spec.shared_fs != "auto" else None
         #: Where jobs run on a host without the workdir.
@@ -97,6 +99,8 @@ class SshHost:
         async with self._probe_lock:
             if self.probe is not None:
                 return
+            if self.unusable is not None:
+                raise self.unusable
             result = await self.run(remote.PROBE)
             probe = remote.ProbeResult.parse(result.stdout)
             if not probe.has_bash:
@@ -117,6 +121,12 @@ class SshHost:
                     f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
                     "old; xqute_ssh needs bash 4.3 or newer",
                 )
+            if self.shared is True:
+                try:
+                    await self.check_shared_writable(workdir)
+                except SshError as exc:
+                    self.unusable = exc  # said once; not probed again
+                    raise
             if self.shared is None:
                 self.shared = await self._sees_workdir(workdir)
                 logger.info(
@@ -140,15 +150,47 @@ class SshHost:
             logger.info("%s ready (bash %s)", self.label, probe.bash_version)
 
     async def _sees_workdir(self, workdir: SpecPath) -> bool:
-        """Write a random token locally; is it readable at the mounted path?"""
-        token = secrets.token_hex(16)
+        """Does this host see the workdir, and can it write there?
+
+        We write a random token locally and the host reads it at the mounted
+        path; the host writes another one back, which we must read here.  A
+        workdir the host sees but cannot write (mounted read-only, say) is
+        reported once, with the host's own error, and the host runs its jobs
+        in a remote directory instead (or, with ``shared_fs=True``, is not
+        used)."""
+        token, answer = secrets.token_hex(16), secrets.token_hex(16)
         name = f".xqute-fs-check-{token[:12]}"
-        local = workdir / name
+        local, back = workdir / name, workdir / f"{name}.reply"
+        host_workdir = self.host_workdir(workdir)
         await fileio.write_text(local, token + "\n")
         try:
             reply = await self.run(
-                unshared.fs_token_check(str(self.host_workdir(workdir) / name))
+                unshared.fs_token_check(
+                    str(host_workdir / name), str(host_workdir / back.name), answer
+                )
             )
+            seen, write_error = unshared.parse_token_check(reply.stdout)
+            written = (await fileio.read_text(back) or "").strip()
         finally:
-            await fileio.unlink(local)
-        return reply.stdout.strip() == token
+            await fileio.unlink_many([local, back])
+        if seen != token:
+            return False
+        if write_error is None and written == answer:
+            return True
+        cause = write_error or "what it wrote did not arrive in the workdir"
+        logger.warning(
+            "%s sees the workdir %s but cannot write to it (%s): its jobs run in "
+            "a remote directory instead and their files are fetched back",
+            self.label, host_workdir, cause,
+        )
+        return False
+
+    async def check_shared_writable(self, workdir: SpecPath) -> None:
+        """``shared_fs=True``: the workdir must be writable from here."""
+        if not await self._sees_workdir(workdir):
+            raise SshError(
+                self.label,
+                f"shared_fs=True, but this host cannot see or write the workdir "
+                f"at {self.host_workdir(workdir)} (see the warning above); fix "
+                "the mount or set shared_fs='auto'",
+            )

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...attempt import AttemptRecord
 from ...errors import ConfigError
 from ...job import Job
 from ...scheduler import Scheduler
@@ -23,6 +24,7 @@ from ...ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL, Host
 from ...status import JobStatus
 from ...wrapper import render
 from .backend import JobRef, SshBackend, parse_jid
+from .fencing import Fence
 from .host import SshHost
 from .options import CONNECTION_KEYS, parse_servers
 from .placement import Placement
@@ -44,9 +46,10 @@ class SshScheduler(Scheduler):
         probe_backoff: each failed probe multiplies the wait before the next.
         probe_max_interval: the longest wait between two probes.
         lost_after: seconds a host may stay unreachable before the jobs that
-            were running there are reported lost (FAILED, naming the host);
-            also how long an outage of every host is waited out before the
-            jobs not started fail.
+            were running there are given up (see ``fencing.py`` and
+            docs/reliability.md: a job whose attempt may still be alive is
+            never started elsewhere); also how long an outage of every host
+            is waited out before the jobs not started fail.
         Any server option at this level is a default for every server.
     """
 
@@ -116,6 +119,10 @@ class SshScheduler(Scheduler):
         return self.backend.placement
 
     @property
+    def fence(self) -> Fence:
+        return self.backend.fence
+
+    @property
     def health(self) -> HostHealth:
         """Which hosts answer (the live view and ``status`` show it)."""
         return self.backend.health
@@ -127,10 +134,12 @@ class SshScheduler(Scheduler):
     def job_ref(self, job: Job) -> JobRef:
         """What the backend needs from one of our jobs."""
 
-        def render_for(workdir: str, job_dir: str) -> str:
+        def render_for(workdir: str, job_dir: str, heartbeat: float) -> str:
             # Only at a launch: the spec asks the plugins for their code.
             spec = self.wrapper_spec(job)
-            host_spec = dataclasses.replace(spec, metadir=workdir, job_metadir=job_dir)
+            host_spec = dataclasses.replace(
+                spec, metadir=workdir, job_metadir=job_dir, heartbeat=heartbeat
+            )
             if spec.cwd == spec.job_metadir:  # staging jobs run in their job dir
                 host_spec.cwd = job_dir
             return render(host_spec)
@@ -185,6 +194,10 @@ class SshScheduler(Scheduler):
             return await super().stage_job_out(job)
         return self.backend.take_stage_out_errors(job.index)
 
+    def launch_may_be_in_flight(self, job: Job, record: AttemptRecord) -> bool:
+        # "<server>:" is written just before the launch request goes out.
+        return bool(record.jid and record.jid.endswith(":") and not record.started)
+
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         jid = await self.backend.recover_jid(self.job_ref(job), jid)
         return await super().recover_jid(job, jid)
@@ -234,13 +247,15 @@ class SshScheduler(Scheduler):
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
         """One round trip per host for all of its active jobs."""
-        reasons = await self.backend.lost_reasons(
+        lost = await self.backend.lost_reasons(
             [(self.job_ref(j), j.jid) for j in jobs]
         )
-        for job, reason in zip(jobs, reasons, strict=True):
-            if reason is not None:
-                job.extra["lost_reason"] = reason
-        return [r is not None for r in reasons]
+        for job, why in zip(jobs, lost, strict=True):
+            if why is not None:
+                job.extra["lost_reason"] = why.reason
+                if why.fenced is not None:
+                    job.extra["fenced"] = why.fenced
+        return [why is not None for why in lost]
 
     # ----------------------------------------------------------------- kill
     async def kill_job_and_update_status(self, job: Job) -> None:
