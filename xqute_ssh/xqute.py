@@ -335,6 +335,10 @@ class Xqute:
 
     # ------------------------------------------------------------ consumers
     def _slot_free(self) -> bool:
+        # Fewer jobs held than forks: free without counting (a job in
+        # _active holds at most one slot); checked once per submission.
+        if len(self._active) < self.scheduler.forks:
+            return True
         return self.scheduler.count_running_jobs(self._active) < self.scheduler.forks
 
     async def _consumer(self) -> None:

@@ -291,7 +291,9 @@ class SshBackend:
             if self.require_shared and not host.shared:
                 raise ConfigError(self._unshared_reason(host, self.workdir))
         else:
-            await host.run(":", timeout=host.spec.config.connect_timeout)
+            # A fresh login, not a round trip over a connection that outlived
+            # the listener (that would call the host back while connects fail).
+            await host.pool.try_connect()
 
     def _unshared_reason(self, host: SshHost, workdir: SpecPath) -> str:
         return (

@@ -65,7 +65,10 @@ class SshHost:
 
     def mounted(self, workdir: SpecPath, path: SpecPath) -> str:
         """``path`` (under ``workdir``) as this host sees it."""
-        rel = PurePosixPath(str(path.path)).relative_to(str(workdir.path))
+        base, full = str(workdir.path), str(path.path)
+        if full.startswith(base + "/"):  # the usual case: plain string work
+            return f"{str(self.host_workdir(workdir)).rstrip('/')}/{full[len(base) + 1 :]}"
+        rel = PurePosixPath(full).relative_to(base)
         return str(self.host_workdir(workdir) / rel)
 
     def job_dir(self, index: int) -> str:
