@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make (or reuse) a virtual environment in .venv and install xqute_ssh into it,
-# editable, with its test tools (pytest, ruff, mypy, mkdocs, moto).
+# editable, with its test tools (pytest, ruff, mypy, mkdocs, moto) and the
+# pipen extra (the pipen scheduler tests in tests/pipen/ need it).
 #
 # A venv because Debian/Ubuntu's own Python refuses `pip install` outside one
 # (PEP 668, "externally-managed-environment") and may lack pip altogether.
@@ -17,5 +18,5 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q -e '.[test]'
+"$venv/bin/python" -m pip install -q -e '.[test,pipen]'
 echo "installed into $venv: run the tests with $venv/bin/python -m pytest"

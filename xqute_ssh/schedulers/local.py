@@ -72,6 +72,54 @@ async def wait_pid_gone(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
+async def start_wrapper(script: Path, run_dir: Path) -> asyncio.subprocess.Process:
+    """Start ``bash script`` detached: its own session and process group,
+    stdin /dev/null, output in ``run_dir``'s job.stdout / job.stderr."""
+    out, err = await asyncio.to_thread(
+        _open_outputs, str(run_dir / "job.stdout"), str(run_dir / "job.stderr")
+    )
+    try:
+        return await asyncio.create_subprocess_exec(
+            "bash",
+            str(script),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+            env=_wrapper_env(),
+        )
+    except OSError as exc:
+        raise JobSubmissionError(f"cannot start bash: {exc}") from exc
+    finally:
+        os.close(out)
+        os.close(err)
+
+
+def wrapper_runs(pid: int, script: Path) -> bool:
+    """Whether process ``pid`` is alive and is the wrapper ``script`` (a
+    reused pid runs something else).  Blocking: call it in a thread."""
+    proc = _process(pid)
+    if proc is None or proc[0] in ("Z", "X"):
+        return False
+    # An empty cmdline is a process still inside execve (just started).
+    return proc[1] == b"" or os.fsencode(str(script)) in proc[1]
+
+
+async def kill_wrapper(pid: int, grace: float, index: int) -> None:
+    """TERM the wrapper's process group, KILL what is left after ``grace``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    if not await wait_pid_gone(pid, grace):
+        logger.warning(
+            "job %s still running %.0fs after TERM: sending KILL", index, grace
+        )
+    # Whatever of the group is left (children that ignored TERM) dies now.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    await wait_pid_gone(pid, 5)
+
+
 class LocalScheduler(Scheduler):
     """Run jobs as detached process groups on this machine."""
 
@@ -112,26 +160,7 @@ class LocalScheduler(Scheduler):
             text = self.wrap_job_script(job)
             await asyncio.to_thread(_prepare_mirror, self.run_dir(job), script, text)
             await fileio.write_text(job.wrapped_script_file(self.name), text)
-        run_dir = self.run_dir(job)
-        out, err = await asyncio.to_thread(
-            _open_outputs, str(run_dir / "job.stdout"), str(run_dir / "job.stderr")
-        )
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                "bash",
-                str(script),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-                env=_wrapper_env(),
-            )
-        except OSError as exc:
-            raise JobSubmissionError(f"cannot start bash: {exc}") from exc
-        finally:
-            os.close(out)
-            os.close(err)
+        proc = await start_wrapper(script, self.run_dir(job))
         task = asyncio.create_task(self._watch(job, proc))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
@@ -165,15 +194,8 @@ class LocalScheduler(Scheduler):
             pid = int(jid or "")
         except ValueError:
             return False
-        proc = await asyncio.to_thread(_process, pid)
-        if proc is None or proc[0] in ("Z", "X"):
-            return False
-        # A reused pid runs something else: it must be this job's wrapper.
-        # An empty cmdline is a process still inside execve (just started).
-        script = os.fsencode(
-            str(self.run_dir(job) / job.wrapped_script_file(self.name).name)
-        )
-        return proc[1] == b"" or script in proc[1]
+        script = self.run_dir(job) / job.wrapped_script_file(self.name).name
+        return await asyncio.to_thread(wrapper_runs, pid, script)
 
     async def jobs_fail_before_running(self, jobs: list[Job]) -> list[bool]:  # type: ignore[override]
         out = []
@@ -234,18 +256,7 @@ class LocalScheduler(Scheduler):
         pid = self._pid(job)
         if pid is None or not await self.job_is_running(job):
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        if not await wait_pid_gone(pid, self.kill_grace):
-            logger.warning(
-                "job %s still running %.0fs after TERM: sending KILL",
-                job.index,
-                self.kill_grace,
-            )
-        # Whatever of the group is left (children that ignored TERM) dies now.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        await wait_pid_gone(pid, 5)
+        await kill_wrapper(pid, self.kill_grace, job.index)
 
     async def shutdown(self) -> None:
         await super().shutdown()

@@ -30,8 +30,10 @@ _STAT_FN = (
 PROBE = (
     "command -v bash >/dev/null 2>&1 && echo bash=yes || echo bash=no; "
     "command -v setsid >/dev/null 2>&1 && echo setsid=yes || echo setsid=no; "
+    # SSH_CLIENT unset: bash would source ~/.bashrc again (see above)
+    "( unset SSH_CLIENT SSH2_CLIENT; "
     "bash -c 'echo bashversion=${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}' "
-    "2>/dev/null </dev/null; "
+    "2>/dev/null </dev/null ); "
     "echo home=$HOME"
 )
 

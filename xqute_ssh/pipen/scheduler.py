@@ -1,0 +1,406 @@
+"""pipen schedulers backed by xqute_ssh: ``xqute_ssh`` and ``xqute_ssh_local``.
+
+pipen accepts only subclasses of ``xqute.Scheduler`` and drives them with
+xqute's own orchestrator, pipen's Job (an ``xqute.Job`` with ``__slots__``)
+and plugins on ``Simplug("xqute")``.  So these classes are xqute Schedulers
+(with pipen's ``SchedulerPostInit``, as pipen's own schedulers) whose
+``submit_job`` / ``kill_job`` / ``job_is_running`` go through xqute_ssh's one
+implementation: :class:`~xqute_ssh.schedulers.ssh.backend.SshBackend` for
+SSH hosts and the local scheduler's process helpers for this machine.
+
+What differs from xqute's own wrapper (and why), all through public methods:
+
+* Jobs run our wrapper (``wrapper.sh``: values quoted once, no sleeps), with
+  pipen plugins' ``on_jobcmd_*`` code in it (``$cmd`` and ``$rc`` as in xqute).
+* job.status says SUBMITTED before the job starts; xqute's SUBMITTED
+  transition does not write it again (a fast job may already have written
+  RUNNING or its end: xqute would overwrite that, and poll forever).
+* After a failure under ``error_strategy="halt"`` no further job is started.
+* SSH connections are closed when the process's jobs are all done, or after
+  they were killed: xqute's orchestrator never calls a shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from pipen.scheduler import SchedulerPostInit
+    from xqute import Scheduler as XquteScheduler
+    from xqute.defaults import JobErrorStrategy
+    from xqute.defaults import JobStatus as XqStatus
+    from xqute.plugin import plugin as xqute_plugin
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "xqute_ssh.pipen needs pipen (and xqute): pip install 'xqute-ssh[pipen]'"
+    ) from exc
+
+from .. import fileio
+from ..errors import ConfigError
+from ..path import SpecPath
+from ..schedulers.local import kill_wrapper, start_wrapper, wrapper_runs
+from ..schedulers.ssh.backend import JobRef, SshBackend
+from ..schedulers.ssh.options import CONNECTION_KEYS, parse_servers
+from ..ssh.config import DEFAULT_KNOWN_HOSTS
+from ..ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL
+from ..status import JobStatus
+from ..wrapper import WrapperSpec, render
+from .render import job_envs, join_code, prep_code
+
+logger = logging.getLogger("xqute_ssh")
+
+#: Options xqute's Scheduler takes (pipen passes them from its config).
+XQUTE_OPTIONS = frozenset(
+    name
+    for name in inspect.signature(XquteScheduler.__init__).parameters
+    if name not in ("self", "kwargs")
+) | {"mounted_workdir"}
+
+
+def _ours(path: Any) -> SpecPath:
+    """An xqute SpecPath (local path + the path jobs see) as ours."""
+    local, mounted = str(path), str(getattr(path, "mounted", path))
+    return SpecPath(local, mounted if mounted != local else None)
+
+
+def _check_options(name: str, kwargs: Mapping[str, Any], own: Sequence[str]) -> None:
+    unknown = sorted(set(kwargs) - XQUTE_OPTIONS)
+    if unknown:
+        known = ", ".join(sorted(set(own) | XQUTE_OPTIONS))
+        raise ConfigError(
+            f"unknown scheduler_opts for the {name} scheduler: {', '.join(unknown)}; "
+            f"known: {known}"
+        )
+
+
+def _prepare_attempt(metadir: Path) -> None:
+    """Before a launch: no stale job.pid (it would be adopted), SUBMITTED."""
+    fileio.unlink_sync(metadir / "job.pid")
+    fileio.write_text_sync(metadir / "job.status", f"{int(JobStatus.SUBMITTED)}\n")
+
+
+class _PipenScheduler(SchedulerPostInit, XquteScheduler):  # type: ignore[misc]
+    """What both pipen schedulers share: our wrapper, the SUBMITTED rule,
+    halt, and the end-of-run clean-up."""
+
+    name = "xqute_ssh_base"
+
+    def __init__(self, *args: Any, kill_grace: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if kill_grace <= 0:
+            raise ConfigError(f"kill_grace must be > 0 seconds, got {kill_grace!r}")
+        self.kill_grace = float(kill_grace)
+        #: Set once a job failed under error_strategy="halt": start no more.
+        self.halted = False
+
+    # ------------------------------------------------------------- wrapper
+    def local_workdir(self) -> SpecPath:
+        """The current workdir (pipen appends the process name after
+        ``post_init``: always read it at use, never keep it)."""
+        workdir = _ours(self.workdir)
+        if workdir.is_cloud:
+            raise ConfigError(
+                f"the {self.name} scheduler needs a local workdir, not {workdir}"
+            )
+        return workdir
+
+    def render_wrapper(
+        self, job: Any, workdir: str, job_dir: str, heartbeat: float = 0
+    ) -> str:
+        """The wrapper for ``job`` on a host that sees the workdir and the
+        job's directory at these paths (touching job.pid every ``heartbeat``
+        seconds, 0: never)."""
+        cmd = [str(c) for c in job.cmd]
+        spec = WrapperSpec(
+            cmd=cmd,
+            job_index=int(job.index),
+            metadir=workdir,
+            job_metadir=job_dir,
+            envs=job_envs(job.envs),
+            hook_init=join_code(_codes(xqute_plugin.hooks.on_jobcmd_init(self, job))),
+            hook_prep=prep_code(
+                cmd,
+                self.prescript,
+                join_code(_codes(xqute_plugin.hooks.on_jobcmd_prep(self, job))),
+            ),
+            hook_end=join_code(
+                [*_codes(xqute_plugin.hooks.on_jobcmd_end(self, job)), self.postscript]
+            ),
+            timeout=float(self.timeout or 0),
+            kill_grace=self.kill_grace,
+            cwd=self.cwd,
+            heartbeat=heartbeat,
+        )
+        return render(spec)
+
+    def script_name(self) -> str:
+        return f"job.wrapped.{self.name}"
+
+    async def wrapped_job_script(self, job: Any) -> Any:
+        """The wrapper's path.  Written at submission; never rewritten here
+        (xqute calls this for a log line while the job may be running it)."""
+        path = job.metadir / self.script_name()
+        if not await fileio.exists(Path(str(path))):
+            workdir = self.local_workdir()
+            text = self.render_wrapper(
+                job, str(workdir.mounted), str(_ours(job.metadir).mounted)
+            )
+            await fileio.write_text(Path(str(path)), text, mode=0o700)
+        return path
+
+    # --------------------------------------------------------- transitions
+    async def transition_job_status(
+        self,
+        job: Any,
+        new_status: int,
+        old_status: int | None = None,
+        flush: bool = True,
+        rc: str | None = None,
+        error_msg: str | None = None,
+        is_killed: bool = False,
+    ) -> None:
+        if new_status == XqStatus.SUBMITTED:
+            flush = False  # written before the launch; the job writes next
+        if new_status == XqStatus.FAILED and self.error_strategy == JobErrorStrategy.HALT:
+            self.halted = True
+        await super().transition_job_status(
+            job, new_status, old_status, flush, rc, error_msg, is_killed
+        )
+        if new_status in (XqStatus.FINISHED, XqStatus.FAILED):
+            self.job_ended(job, ok=new_status == XqStatus.FINISHED and not is_killed)
+
+    def job_ended(self, job: Any, ok: bool) -> None:
+        """A job reached a final status (backends free its slot)."""
+
+    async def submit_job_and_update_status(self, job: Any) -> None:
+        if self.halted:
+            logger.info("job %s not started: the run halts after a failure", job.index)
+            return
+        await super().submit_job_and_update_status(job)
+
+    async def prepare_attempt(self, job: Any) -> None:
+        await fileio.to_thread(_prepare_attempt, Path(str(job.metadir)))
+
+    # ------------------------------------------------------------- the end
+    async def check_all_done(self, jobs: list[Any], polling_counter: int) -> bool:
+        done = await super().check_all_done(jobs, polling_counter)
+        if done:
+            await self.close()
+        return done
+
+    async def kill_running_jobs(self, jobs: list[Any]) -> None:
+        try:
+            await super().kill_running_jobs(jobs)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Release what the scheduler holds once its jobs are done or killed."""
+
+
+class PipenSshScheduler(_PipenScheduler):
+    """pipen's ``scheduler="xqute_ssh"``: jobs on SSH hosts.
+
+    ``scheduler_opts`` are the options of ``Xqute("ssh")``: ``servers``
+    (required), ``host_cooldown``, ``probe_backoff``, ``probe_max_interval``,
+    ``lost_after``, ``kill_grace``,
+    ``forks_per_server`` and any server option as a default for every server.
+    Hosts must see the workdir (directly or through ``mounted_workdir``):
+    pipen's jobs read their inputs and write their outputs at its paths.
+    """
+
+    name = "xqute_ssh"
+
+    def __init__(
+        self,
+        *args: Any,
+        servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
+        host_cooldown: float = HOST_COOLDOWN,
+        probe_backoff: float = PROBE_BACKOFF,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
+        lost_after: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        server_defaults = {
+            k: kwargs.pop(k) for k in list(kwargs) if k in CONNECTION_KEYS | {"shared_fs"}
+        }
+        if "forks_per_server" in kwargs:
+            server_defaults["forks"] = kwargs.pop("forks_per_server")
+        _check_options(
+            self.name,
+            {k: v for k, v in kwargs.items() if k != "kill_grace"},
+            ["servers", "host_cooldown", "probe_backoff", "probe_max_interval",
+             "lost_after", "kill_grace", "forks_per_server",
+             *sorted(CONNECTION_KEYS), "shared_fs"],
+        )
+        super().__init__(*args, **kwargs)
+        if not servers:
+            raise ConfigError(
+                "the xqute_ssh scheduler needs servers: scheduler_opts="
+                '{"servers": {"name": {"host": ..., "user": ...}}} or ["user@host"]'
+            )
+        server_defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
+        self.servers = parse_servers(servers, server_defaults)
+        self.backend = SshBackend(
+            self.servers,
+            self.forks,
+            host_cooldown=host_cooldown,
+            probe_backoff=probe_backoff,
+            probe_max_interval=probe_max_interval,
+            lost_after=lost_after,
+            kill_grace=self.kill_grace,
+            require_shared=True,
+            stopping=lambda: self.halted,
+        )
+        if self.forks > self.backend.capacity:
+            logger.warning(
+                "forks=%d is more than the servers' slots together (%d): "
+                "at most %d jobs will run at once",
+                self.forks, self.backend.capacity, self.backend.capacity,
+            )
+            self.forks = self.backend.capacity
+
+    def __repr__(self) -> str:
+        return f"<PipenSshScheduler [{', '.join(self.backend.hosts)}] forks={self.forks}>"
+
+    def job_ref(self, job: Any) -> JobRef:
+        """What the backend needs from a pipen job."""
+        return JobRef(
+            index=int(job.index),
+            workdir=self.local_workdir(),
+            metadir=_ours(job.metadir),
+            render=lambda workdir, job_dir, beat: self.render_wrapper(
+                job, workdir, job_dir, beat
+            ),
+            script_name=self.script_name(),
+        )
+
+    def host_of(self, job: Any) -> str | None:
+        """The server the job's current (or last) attempt ran on."""
+        return self.backend.host_of(int(job.index))
+
+    async def submit_job(self, job: Any) -> str:
+        await self.prepare_attempt(job)
+        return await self.backend.submit(self.job_ref(job))
+
+    async def kill_job(self, job: Any) -> None:
+        await self.backend.kill(self.job_ref(job), _jid(await job.get_jid()))
+
+    async def job_is_running(self, job: Any) -> bool:
+        jid = _jid(await job.get_jid())
+        running = await self.backend.is_running(self.job_ref(job), jid)
+        if running:
+            self.backend.note_running(jid, int(job.index))
+        return running
+
+    async def job_fails_before_running(self, job: Any) -> bool:
+        ref = self.job_ref(job)
+        (reason,) = await self.backend.lost_reasons([(ref, _jid(await job.get_jid()))])
+        if reason is None:
+            return False
+        # It may have ended between xqute's read and ours.
+        status = JobStatus.parse(await fileio.read_text(ref.status_file) or "")
+        if status is not None and status.is_terminal:
+            return False
+        logger.warning("job %s: %s", job.index, reason)
+        return True
+
+    async def retry_job(self, job: Any) -> None:
+        self.backend.note_retry(int(job.index))
+        await super().retry_job(job)
+
+    def job_ended(self, job: Any, ok: bool) -> None:
+        self.backend.release(int(job.index), ok=ok)
+
+    def open_connections(self) -> int:
+        """SSH connections this scheduler holds open now."""
+        return self.backend.open_connections()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+class PipenLocalScheduler(_PipenScheduler):
+    """pipen's ``scheduler="xqute_ssh_local"``: jobs on this machine, run
+    like xqute_ssh's local scheduler runs them (detached process groups, our
+    wrapper, no sleeps)."""
+
+    name = "xqute_ssh_local"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _check_options(
+            self.name, {k: v for k, v in kwargs.items() if k != "kill_grace"}, ["kill_grace"]
+        )
+        super().__init__(*args, **kwargs)
+        self._watchers: set[asyncio.Task[int]] = set()
+
+    def _script(self, job: Any) -> Path:
+        return Path(str(job.metadir)) / self.script_name()
+
+    async def submit_job(self, job: Any) -> str:
+        await self.prepare_attempt(job)
+        metadir = _ours(job.metadir)
+        workdir = self.local_workdir()
+        text = self.render_wrapper(job, str(workdir.mounted), str(metadir.mounted))
+        script = self._script(job)
+        await fileio.write_text(script, text, mode=0o700)
+        proc = await start_wrapper(script, Path(str(metadir.path)))
+        # Reap it when it exits (it is our child).
+        task = asyncio.create_task(proc.wait())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return str(proc.pid)
+
+    async def _pid(self, job: Any) -> int | None:
+        try:
+            return int(str(await job.get_jid()).strip())
+        except ValueError:
+            return None
+
+    async def job_is_running(self, job: Any) -> bool:
+        pid = await self._pid(job)
+        if pid is None or pid <= 0:
+            return False
+        return await asyncio.to_thread(wrapper_runs, pid, self._script(job))
+
+    async def job_fails_before_running(self, job: Any) -> bool:
+        if await self.job_is_running(job):
+            return False
+        status = JobStatus.parse(
+            await fileio.read_text(Path(str(job.metadir)) / "job.status") or ""
+        )
+        return status is None or not status.is_terminal
+
+    async def kill_job(self, job: Any) -> None:
+        pid = await self._pid(job)
+        if pid is not None and await self.job_is_running(job):
+            await kill_wrapper(pid, self.kill_grace, int(job.index))
+
+    async def close(self) -> None:
+        if self._watchers:
+            await asyncio.gather(*list(self._watchers), return_exceptions=True)
+
+
+def _codes(result: Any) -> list[str]:
+    """The bash snippets plugins returned (xqute: a list, None for none)."""
+    if result is None:
+        return []
+    if isinstance(result, str):
+        return [result]
+    return [str(code) for code in result if code]
+
+
+def _jid(value: Any) -> str | None:
+    """xqute reads job.jid without stripping it."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+__all__ = ["PipenLocalScheduler", "PipenSshScheduler"]
