@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from . import fileio, staging
-from .errors import ConfigError
-from .job import Job
+from .errors import ConfigError, JobSubmissionError, WorkdirError
+from .job import Job, normalize_envs
 from .path import SpecPath
 from .plugin import plugin
 from .status import JobErrorStrategy, JobStatus, is_legal
@@ -69,7 +70,7 @@ class Scheduler(ABC):
         jobname_prefix: str | None = None,
         submission_batch: int | None = None,
         recheck_interval: int = 10,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         timeout: float = 0,
         mounted_workdir: str | None = None,
         poll_interval: float = 0.1,
@@ -106,7 +107,7 @@ class Scheduler(ABC):
         # many at once so short jobs keep every slot busy.
         self.submission_batch = submission_batch or min(forks, 64)
         self.recheck_interval = max(1, int(recheck_interval))
-        self.cwd = cwd
+        self.cwd = None if cwd is None else str(cwd)
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
         self.kill_grace = float(kill_grace)
@@ -118,6 +119,16 @@ class Scheduler(ABC):
         self._seen_ends: list[SpecPath] = []
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
+        self._post_init_done = False
+
+    @property
+    def subm_batch(self) -> int:
+        """xqute's name for ``submission_batch``."""
+        return self.submission_batch
+
+    @subm_batch.setter
+    def subm_batch(self, value: int) -> None:
+        self.submission_batch = value
 
     def __repr__(self) -> str:
         return (
@@ -139,14 +150,39 @@ class Scheduler(ABC):
         await self.flush_seen_ends()
 
     # ----------------------------------------------------------------- jobs
-    def create_job(
+    async def create_job(
         self,
         index: int,
         cmd: str | Sequence[Any],
         envs: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Create a job (its command and envs are checked here)."""
-        return self.job_class(index, cmd, self.workdir, envs)
+        """Create a job and its metadata directory.
+
+        The command and envs are checked here; the command may be empty
+        (frameworks such as pipen set ``job.cmd`` afterwards) but not once
+        the job is submitted.  ``job_class`` is called with keywords, as
+        xqute does, so a framework's Job subclass with xqute's signature
+        works.  The scheduler's ``post_init`` runs before its first job.
+        """
+        if not self._post_init_done:
+            await self.post_init()
+            self._post_init_done = True
+        job = self.job_class(
+            index=index,
+            cmd=cmd,
+            workdir=self.workdir,
+            error_retry=self.error_strategy == JobErrorStrategy.RETRY,
+            num_retries=self.num_retries,
+            envs=envs,
+        )
+        try:
+            await fileio.mkdir(job.metadir)
+        except OSError as exc:
+            raise WorkdirError(
+                f"job {index}: cannot create its directory {str(job.metadir)!r}: "
+                f"{exc.strerror or exc}; choose another workdir or fix its permissions"
+            ) from exc
+        return job
 
     # ------------------------------------------------------- wrapper script
     @property
@@ -173,7 +209,8 @@ class Scheduler(ABC):
             job_index=job.index,
             metadir=str(self.workdir.mounted),
             job_metadir=str(job.metadir.mounted),
-            envs=job.envs,
+            # str() again: a framework may have put an int in job.envs.
+            envs=normalize_envs(job.envs),
             shebang=self.jobcmd_shebang(job),
             wrapper_init=self.jobcmd_wrapper_init,
             hook_init=self.jobcmd_init(job),
@@ -221,8 +258,12 @@ class Scheduler(ABC):
         if old == new_status and not persist and rc is None and not error_msg:
             return
         if not is_legal(old, new_status):
-            logger.debug(
-                "job %s: ignoring %s -> %s", job.index, old.name, new_status.name
+            # Never silent: a dropped change means the engine and the job's
+            # files disagree from here on.
+            logger.warning(
+                "job %s: ignoring the status change %s -> %s, which the job's "
+                "life cycle does not allow",
+                job.index, old.name, new_status.name,
             )
             return
         try:
@@ -387,10 +428,34 @@ class Scheduler(ABC):
         its end itself, so the controller can never overwrite those); on a
         failure the job ends FAILED with the reason in job.stderr.
         """
+        if job.status.is_active:
+            raise JobSubmissionError(
+                f"job {job.index} is already {job.status.name}: wait for it to "
+                "end (or kill it) before submitting it again"
+            )
+        if job.status != JobStatus.QUEUED:
+            # Straight from creation (not through Xqute.feed), or again after
+            # it ended: it joins the life cycle here, so the engine tracks it
+            # (and can kill it) like any other job.
+            await self.transition_job_status(job, JobStatus.QUEUED)
         if await self.job_is_submitted_or_running(job):
             return
+        if self.halted:
+            # error_strategy "halt" and a job failed: nothing new starts,
+            # whoever drives the scheduler.
+            await self.transition_job_status(
+                job,
+                JobStatus.FAILED,
+                rc=-1,
+                error_msg="xqute: not submitted: the run halted after a job failed",
+                persist=True,
+            )
+            return
         if await plugin.hooks.on_job_submitting(self, job) is False:
-            if not job.status.is_terminal:
+            if job.status.is_active:
+                # The plugin started the job itself: follow it from here.
+                self.wakeup.set()
+            elif not job.status.is_terminal:
                 await self.transition_job_status(
                     job,
                     JobStatus.FAILED,
@@ -459,7 +524,12 @@ class Scheduler(ABC):
         old = job.status
         job._set_status_nofile(JobStatus.KILLING)
         if await plugin.hooks.on_job_killing(self, job) is False:
-            job._set_status_nofile(old)
+            # Left alone; keep a status the plugin set itself (it may have
+            # stopped the job its own way and recorded the outcome).
+            if job.status == JobStatus.KILLING:
+                job._set_status_nofile(old)
+            elif job.status.is_terminal and old != job.status:
+                self._seen_ends.append(job.metadir / "job.pid")
             return
         error = None
         try:
@@ -494,8 +564,12 @@ class Scheduler(ABC):
                 tg.create_task(self.kill_job_and_update_status(job))
 
     # --------------------------------------------------------------- polling
-    def count_running_jobs(self, jobs: Sequence[Job]) -> int:
-        """How many of ``jobs`` hold a slot (no I/O; the producer's check)."""
+    async def count_running_jobs(self, jobs: Sequence[Job]) -> int:
+        """How many of ``jobs`` hold a slot (queued or active).
+
+        No I/O here (a coroutine as in xqute, so backends may override it
+        with one); Xqute asks before each submission.
+        """
         return sum(
             1 for j in jobs if j.status.is_active or j.status == JobStatus.QUEUED
         )
@@ -597,18 +671,31 @@ class Scheduler(ABC):
             )
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
-        """Batch form of ``job_fails_before_running``; backends may do one
-        round trip per host here."""
-        return [await self.job_fails_before_running(job) for job in jobs]
+        """For each active (SUBMITTED or RUNNING) job: is its process gone?
+
+        The poller fails those that also wrote no final status (lost jobs).
+        Backends override this with one round trip per host.
+        """
+        return [not await self.job_is_running(job) for job in jobs]
 
     async def job_fails_before_running(self, job: Job) -> bool:
-        """Whether an active job's process is gone without a final status."""
-        return not await self.job_is_running(job)
+        """Whether a submitted job died before it started its command.
+
+        xqute's question: the job has a job id, its process is gone, and its
+        status file never got to RUNNING.  False when there is no job id or
+        the process still runs.  (Jobs lost later are found by the poller
+        through ``jobs_fail_before_running``.)
+        """
+        if not await job.get_jid() or await self.job_is_running(job):
+            return False
+        status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+        return status is None or status < JobStatus.RUNNING
 
     # ------------------------------------------------------------- backends
     @abstractmethod
-    async def submit_job(self, job: Job) -> str:
-        """Start the job's wrapper; return its job id once it has started."""
+    async def submit_job(self, job: Job) -> str | int:
+        """Start the job's wrapper; return its job id once it has started
+        (an int such as a pid is fine: it is kept as text)."""
 
     @abstractmethod
     async def kill_job(self, job: Job) -> None:
