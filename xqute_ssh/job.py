@@ -172,7 +172,8 @@ class Job:
 
     def __repr__(self) -> str:
         jid = f" jid={self._jid}" if self._jid else ""
-        return f"<Job {self.index} {self._status.name}{jid}: {self.strcmd[:60]}>"
+        name = type(self).__name__
+        return f"<{name}-{self.index} {self._status.name}{jid}: {self.strcmd[:60]}>"
 
     @property
     def cmd(self) -> str | list[str]:

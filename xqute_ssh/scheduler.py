@@ -287,7 +287,10 @@ class Scheduler(ABC):
             )
         job._set_status_nofile(new_status)
         if old != new_status:
-            logger.debug("job %s: %s -> %s", job.index, old.name, new_status.name)
+            # xqute's wording: log watchers written for xqute / pipen match it.
+            logger.debug(
+                "/Job-%s Status changed: %r -> %r", job.index, old.name, new_status.name
+            )
 
         if new_status.is_terminal and old != new_status:
             # Seen to end: a restarted controller must not take it for an
@@ -328,7 +331,8 @@ class Scheduler(ABC):
         await plugin.hooks.on_job_failed(self, job)
         if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
             logger.error(
-                "job %s failed and error_strategy is 'halt': stopping the run",
+                "Pipeline will halt: job %s failed and error_strategy is 'halt' "
+                "(no new job starts; running jobs are killed)",
                 job.index,
             )
             self.halted = True
