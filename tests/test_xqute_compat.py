@@ -409,3 +409,22 @@ async def test_a_halted_scheduler_starts_nothing_whoever_drives_it(
     assert "halted" in read(late.stderr_file.path)
     assert not (tmp_path / "ran").exists() and late.jid is None
     await sched.shutdown()
+
+
+class BrokenWrapperLocal(LocalScheduler):
+    def wrap_job_script(self, job: Job) -> str:
+        return "no-such-command-xq-wrapper\n"
+
+
+async def test_a_wrapper_that_dies_at_once_fails_the_job_saying_why(
+    tmp_path: Path,
+) -> None:
+    # xqute's submit_job sleeps to catch this and raises; we never sleep and
+    # the job fails with the reason instead (docs/coming-from.md).
+    xq = Xqute(BrokenWrapperLocal, workdir=tmp_path)
+    job = await xq.feed(["true"])
+    await run(xq)
+    assert job.status == JobStatus.FAILED
+    err = read(job.stderr_file.path)
+    assert "wrapper exited with code 127" in err
+    assert "no-such-command-xq-wrapper" in err
