@@ -426,5 +426,7 @@ async def test_a_wrapper_that_dies_at_once_fails_the_job_saying_why(
     await run(xq)
     assert job.status == JobStatus.FAILED
     err = read(job.stderr_file.path)
-    assert "wrapper exited with code 127" in err
-    assert "no-such-command-xq-wrapper" in err
+    assert "no-such-command-xq-wrapper" in err  # bash's own message
+    # and ours: the wrapper exited (or, if a recheck saw it first, the
+    # process is gone) without a final status
+    assert "without writing a final status" in err or "never wrote a final status" in err
