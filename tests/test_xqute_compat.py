@@ -293,6 +293,44 @@ async def test_cancel_with_a_signal_kills_running_jobs(tmp_path: Path) -> None:
     await assert_gone(marker)
 
 
+class DeclineOnce:
+    name = "decline-once"
+
+    def __init__(self) -> None:
+        self.declined = False
+
+    @plugin.impl
+    async def on_shutdown(self, xqute: Xqute, sig: signal.Signals | None) -> bool | None:
+        if sig is not None and not self.declined:
+            self.declined = True
+            return False
+        return None
+
+
+async def test_one_plugin_declining_a_shutdown_is_heard_over_a_silent_one(
+    tmp_path: Path,
+) -> None:
+    marker = f"xq-decline-{os.getpid()}"
+    silent = ShutdownRecorder()  # answers None, and is asked first
+    silent.priority = -10  # type: ignore[attr-defined]
+    decliner = DeclineOnce()
+    xq = Xqute(
+        workdir=tmp_path, plugins=[silent, decliner], scheduler_opts={"kill_grace": 1}
+    )
+    job = await xq.feed(marker_cmd(marker))
+    await xq.run_until_complete(keep_feeding=True)
+    await wait_until(lambda: pids_with(marker) != [], what="the job to start")
+    xq.cancel(signal.SIGTERM)
+    await wait_until(lambda: decliner.declined, what="the plugin to decline")
+    assert job.status.is_active and pids_with(marker) != []  # still running
+    xq.cancel(signal.SIGINT)
+    async with asyncio.timeout(30):
+        await xq.stop_feeding()
+    assert silent.signals == [signal.SIGTERM, signal.SIGINT]
+    assert job.status == JobStatus.FAILED
+    await assert_gone(marker)
+
+
 async def test_cancel_before_the_run_runs_nothing(tmp_path: Path) -> None:
     xq = Xqute(workdir=tmp_path)
     job = await xq.feed(["true"])
@@ -347,6 +385,7 @@ async def test_submitting_takes_the_first_answer_that_is_not_none(
 
 class KeepAlive:
     name = "keep-alive"
+    killed: list[int] = []
 
     @plugin.impl
     async def on_job_killing(scheduler: Any, job: Job) -> bool | None:
@@ -354,6 +393,10 @@ class KeepAlive:
         await scheduler.kill_job(job)
         await job.set_status(JobStatus.FINISHED)
         return False
+
+    @plugin.impl
+    async def on_job_killed(scheduler: Any, job: Job) -> None:
+        KeepAlive.killed.append(job.index)
 
 
 async def test_killing_declined_keeps_the_status_the_plugin_set(tmp_path: Path) -> None:
@@ -366,6 +409,32 @@ async def test_killing_declined_keeps_the_status_the_plugin_set(tmp_path: Path) 
             await wait_until(lambda: pids_with(marker) != [], what="the job to start")
             await sched.kill_running_jobs([job])
         assert job.status == JobStatus.FINISHED
+        assert KeepAlive.killed == []  # the engine did not kill it after all
+        await assert_gone(marker)
+    finally:
+        await sched.shutdown()
+
+
+class LeaveRunning:
+    name = "leave-running"
+
+    @plugin.impl
+    async def on_job_killing(scheduler: Any, job: Job) -> bool:
+        return False
+
+
+async def test_killing_takes_the_first_answer_that_is_not_none(tmp_path: Path) -> None:
+    marker = f"xq-leave-{os.getpid()}"
+    sched = LocalScheduler(workdir=tmp_path, kill_grace=1)
+    job = await sched.create_job(0, marker_cmd(marker))
+    try:
+        with plugin.plugins_context([Silent, LeaveRunning]):
+            await sched.submit_job_and_update_status(job)
+            await wait_until(lambda: pids_with(marker) != [], what="the job to start")
+            await sched.kill_running_jobs([job])
+        assert job.status.is_active and pids_with(marker) != []  # left alone
+        await sched.kill_running_jobs([job])  # no plugin says no now
+        assert job.status == JobStatus.FAILED
         await assert_gone(marker)
     finally:
         await sched.shutdown()
