@@ -230,7 +230,7 @@ async def test_feed_a_prebuilt_job_adds_envs_as_text(tmp_path: Path) -> None:
     xq = Xqute(workdir=tmp_path)
     job = await xq.scheduler.create_job(0, 'echo "$A-$B"', envs={"A": "a", "B": "b"})
     assert await xq.feed(job, envs={"B": 0}) is job
-    with pytest.raises(ConfigError, match="fed already"):
+    with pytest.raises(ConfigError, match="fed already or submitted"):
         await xq.feed(job)
     await run(xq)
     assert read(job.stdout_file.path) == "a-0\n"  # an int 0 is "0", never ''

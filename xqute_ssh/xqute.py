@@ -153,11 +153,10 @@ class Xqute:
             )
         if isinstance(cmd, Job):
             job = cmd
-            if job in self.jobs:
-                raise ConfigError(f"job {job.index} was fed already")
-            if job.status != JobStatus.INIT:
+            if job.status != JobStatus.INIT:  # fed already, or submitted
                 raise ConfigError(
-                    f"job {job.index} is {job.status.name}; feed new jobs only"
+                    f"job {job.index} is {job.status.name}, not new: it was "
+                    "fed already or submitted; feed only new jobs"
                 )
             job.envs.update(normalize_envs(envs))
         else:
