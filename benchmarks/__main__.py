@@ -1,5 +1,8 @@
 """``python -m benchmarks [--quick] [--only W1,W5] [--reps N] [--output PATH]``
 
+``--only W7`` runs just the bad-hosts case (healthy hosts with and without a
+refused and a silent host, as a ratio).
+
 Runs the workloads, prints one markdown table (medians, per-run values and
 ratios ours/this taken pair by pair in the same repetition) with the machine's
 facts, and writes docs/benchmarks.md on a full run.  The whole run keeps to a
@@ -29,8 +32,8 @@ from .common import (
     markdown_table,
 )
 
-SSH_WORKLOADS = ("W1", "W2", "W3", "W4", "W6")
-ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "T")
+SSH_WORKLOADS = ("W1", "W2", "W3", "W4", "W6", "W7")
+ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "T")
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 
 DESCRIPTIONS = {
@@ -46,6 +49,9 @@ DESCRIPTIONS = {
     "(in its own virtualenv)",
     "W6": "W1's workload on hosts that cannot see the workdir (each has its own "
     "empty tmpfs over it): the scheduler moves the job files itself",
+    "W7": "bad hosts: 300 `true` jobs, forks 32, over the 2 hosts alone and "
+    "with one refused port and one silent host (TCP accepted, no SSH banner) "
+    "added, back to back: the second run's speed as a fraction of the first's",
     "T": "transport: one control round trip vs a fresh exec channel vs "
     "ControlMaster (benchmarks/bench_transport.py)",
 }
@@ -57,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated workloads to run (W1..W6, T for transport)",
+        help="comma-separated workloads to run (W1..W7, T for transport)",
     )
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     p.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run")

@@ -845,6 +845,12 @@ def run_ssh_workloads(
             if "W2" in selected:
                 log("== W2 overhead")
                 rows += w2(targets, sizes, reps, deadline)
+            if "W7" in selected:
+                from .bench_badhosts import w7
+
+                log("== W7 bad hosts")
+                settle(targets)
+                rows += w7(targets, reps, quick, deadline)
     return rows
 
 

@@ -14,20 +14,8 @@ from xqute_ssh.schedulers.ssh import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(*forks: int, clock: Clock | None = None) -> Placement:
-    return Placement(
-        [HostSlots(f"h{i}", f) for i, f in enumerate(forks)],
-        cooldown=30,
-        clock=clock or Clock(),
-    )
+def make(*forks: int) -> Placement:
+    return Placement([HostSlots(f"h{i}", f) for i, f in enumerate(forks)])
 
 
 def test_most_free_slots_wins_not_round_robin() -> None:
@@ -50,14 +38,12 @@ def test_release_frees_exactly_one_slot() -> None:
     assert p.pick(2).name == a.name  # type: ignore[union-attr]
 
 
-def test_down_host_skipped_until_cooldown_ends() -> None:
-    clock = Clock()
-    p = make(2, 2, clock=clock)
-    p.mark_down("h0", "refused")
-    assert [p.pick(i).name for i in range(2)] == ["h1", "h1"]  # type: ignore[union-attr]
-    assert p.pick(3) is None
-    clock.now += 31
-    assert p.pick(3).name == "h0"  # type: ignore[union-attr]
+def test_only_hosts_that_may_take_jobs_are_picked() -> None:
+    p = make(2, 2)
+    assert [p.pick(i, among={"h1"}).name for i in range(2)] == ["h1", "h1"]  # type: ignore[union-attr]
+    assert p.pick(3, among={"h1"}) is None
+    assert p.pick(3, among=set()) is None
+    assert p.pick(3, among={"h0", "h1"}).name == "h0"  # type: ignore[union-attr]
 
 
 def test_retry_prefers_another_host() -> None:

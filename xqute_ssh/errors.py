@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class XquteError(Exception):
-    """Root of every error raised on purpose by xqute_ssh."""
+    """Root of every error raised on purpose by xqute_ssh.
+
+    ``reported`` is True when it was already logged once for many jobs
+    (every host down): callers need not log it again for each.
+    """
+
+    reported: bool = False
 
 
 class ConfigError(XquteError, ValueError):
@@ -43,9 +49,17 @@ class SshError(XquteError):
 
 
 class SshConnectError(SshError):
-    """The host is unreachable, refused the connection or did not answer in time."""
+    """The host is unreachable, refused the connection or did not answer in time.
+
+    Attributes:
+        dropped: the server closed the connection during the handshake, as
+            sshd's ``MaxStartups`` does to excess unauthenticated connections:
+            worth an immediate retry, unlike a refusal or a timeout (the host
+            is down: its health is probed in the background instead).
+    """
 
     retryable = True
+    dropped = False
 
 
 class SshAuthError(SshError):

@@ -113,6 +113,9 @@ class Scheduler(ABC):
         self.kill_grace = float(kill_grace)
         #: Set once a job failed for good under the "halt" strategy.
         self.halted = False
+        #: Set by Xqute when the run stops (signal, halt, cancel): start no
+        #: new job; a submission waiting for a host gives up.
+        self.stopping = False
         #: Set by backends when something changed (a local job exited) so the
         #: poller looks now instead of at the next interval.
         self.wakeup = asyncio.Event()
@@ -474,7 +477,8 @@ class Scheduler(ABC):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.error("job %s: submission failed: %s", job.index, exc)
+            if not getattr(exc, "reported", False):  # said once already
+                logger.error("job %s: submission failed: %s", job.index, exc)
             await self.transition_job_status(
                 job,
                 JobStatus.FAILED,

@@ -8,9 +8,13 @@ Three kinds of task run inside one ``asyncio.TaskGroup`` for the duration of
 * the poller applies what the jobs' status files say, retries, halts;
 * signal handlers (installed for the run only) turn SIGINT/SIGTERM into an
   orderly stop: no new submissions, running jobs killed, ``on_shutdown``.
+  A second signal abandons the run at once (``KeyboardInterrupt``; jobs
+  may be left running).
 
-A submission that has started is never cancelled half-way (it could leave a
-job running that nobody tracks): stopping waits for it, then kills the job.
+A stop (signal, halt, or cancelling the run) gives submissions in flight
+``SUBMIT_STOP_GRACE`` seconds to end, then cancels them: one waiting for a
+host or a connection gives up; a scheduler whose launch had already started
+records the job's id first, so the kill that follows reaches it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ from .staging import StageSpec
 from .status import JobErrorStrategy, JobStatus
 
 logger = logging.getLogger("xqute_ssh")
+
+#: On a stop, how long submissions in flight may finish before they are cancelled.
+SUBMIT_STOP_GRACE = 1.0
+#: On a stop caused by cancelling the run, the bound on killing what runs.
+CANCEL_KILL_WAIT = 30.0
 
 
 class Xqute:
@@ -98,6 +107,10 @@ class Xqute:
         self._workdir_ready = False
         self._run_task: asyncio.Task[None] | None = None
         self._signal: signal.Signals | None = None
+        self._forced: signal.Signals | None = None
+        self._signalled = False
+        self._signalled_event = asyncio.Event()
+        self._installed: list[signal.Signals] = []
         self._done = asyncio.Event()
         self._polling_counter = 0
         self._n_ended = 0
@@ -199,8 +212,14 @@ class Xqute:
             )
         else:
             logger.warning("cancelled: stopping (no new jobs; running jobs are killed)")
+        self._request_stop(sig)
+
+    def _request_stop(self, sig: signal.Signals | None) -> None:
         self._cancel_requested = True
         self._signal = sig
+        self._signalled = True
+        self._signalled_event.set()
+        self.scheduler.stopping = True
         self.scheduler.wakeup.set()
         self._slot_changed.set()
 
@@ -231,7 +250,7 @@ class Xqute:
             return
         self._feeding = False
         self._run_task = asyncio.create_task(self._run())
-        await self._run_task
+        await self._wait_run()
 
     async def stop_feeding(self) -> None:
         """Say that no more jobs come, then wait for the run to complete."""
@@ -240,7 +259,18 @@ class Xqute:
         if self._run_task is None:
             await self.run_until_complete()
         else:
+            await self._wait_run()
+
+    async def _wait_run(self) -> None:
+        assert self._run_task is not None
+        try:
             await self._run_task
+        except asyncio.CancelledError:
+            if self._forced is not None and self._run_task.cancelled():
+                task = asyncio.current_task()
+                if task is None or not task.cancelling():
+                    raise KeyboardInterrupt from None
+            raise
 
     def _plugin_ctx(self) -> contextlib.AbstractContextManager[Any]:
         """This run's plugins; entered once (simplug contexts do not nest)."""
@@ -250,7 +280,7 @@ class Xqute:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
+        installed = self._installed
         with self._plugin_ctx():
             await self._ensure_workdir()
             await self.scheduler.post_init()
@@ -277,11 +307,24 @@ class Xqute:
                         "a plugin declined to shut down on %s",
                         got.name if got is not None else "cancel()",
                     )
+                    self._signalled = self.scheduler.stopping = False
+                    self._signalled_event.clear()
+            except asyncio.CancelledError:
+                if self._forced is None:
+                    # Cancelled by the caller: stop as for a signal, bounded.
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        async with asyncio.timeout(CANCEL_KILL_WAIT):
+                            await self._stop_everything()
+                raise
             finally:
-                for sig in installed:
-                    loop.remove_signal_handler(sig)
+                self._remove_signal_handlers()
                 await self.scheduler.shutdown()
                 self._done.set()
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._installed:
+            loop.remove_signal_handler(self._installed.pop())
 
     async def _run_once(self) -> None:
         n_consumers = self.scheduler.submission_batch
@@ -294,13 +337,34 @@ class Xqute:
             await self._stop_everything()
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        self.cancel(sig)
+        if self._signalled:
+            # A second signal: the user will not wait for the kills.  Later
+            # ones get Python's default handling.
+            logger.warning(
+                "received %s again: exiting now; jobs may be left running", sig.name
+            )
+            self._forced = sig
+            self._remove_signal_handlers()
+            if self._run_task is not None:
+                self._run_task.cancel()
+            return
+        logger.warning(
+            "received %s: stopping (killing running jobs; %s again to exit at once)",
+            sig.name,
+            sig.name,
+        )
+        self._request_stop(sig)
 
     async def _stop_everything(self) -> None:
-        """No more submissions; wait for in-flight ones; kill what runs."""
+        """No more submissions; end the in-flight ones; kill what runs."""
         self._stopping = True
+        self.scheduler.stopping = True
         if self._submit_tasks:
-            await asyncio.gather(*self._submit_tasks, return_exceptions=True)
+            pending = set(self._submit_tasks)
+            _, late = await asyncio.wait(pending, timeout=SUBMIT_STOP_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self.scheduler.kill_running_jobs(self._active)
 
     def _requeue(self, job: Job) -> None:
@@ -347,6 +411,23 @@ class Xqute:
         await self.scheduler.submit_job_and_update_status(job)
 
     # --------------------------------------------------------------- poller
+    async def _unless_stopped(self, task: asyncio.Future[Any]) -> bool:
+        """Await ``task``; if a stop (signal, cancel) comes first, cancel it
+        and return False."""
+        if not self._cancel_requested:
+            stop = asyncio.ensure_future(self._signalled_event.wait())
+            try:
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False
+        task.result()  # its exception, if any
+        return True
+
     def _finished(self) -> bool:
         # Every fed job has ended; a job a consumer holds while it waits for a
         # slot is in neither the queue nor _active, so count ends instead.
@@ -358,10 +439,14 @@ class Xqute:
             self._polling_counter += 1
             if self._active:
                 # Jobs still QUEUED here are being submitted: not polled yet.
-                await sched.check_all_done(
-                    [j for j in self._active if j.status != JobStatus.QUEUED],
-                    self._polling_counter,
+                check = asyncio.ensure_future(
+                    sched.check_all_done(
+                        [j for j in self._active if j.status != JobStatus.QUEUED],
+                        self._polling_counter,
+                    )
                 )
+                if not await self._unless_stopped(check):
+                    return  # a signal: a check waiting on a dead host is abandoned
                 before = len(self._active)
                 self._active = [
                     j

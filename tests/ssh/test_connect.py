@@ -190,14 +190,36 @@ async def test_unreachable_port_names_host_port_quickly() -> None:
     assert e.value.retryable
 
 
-async def test_refused_is_retried_with_backoff() -> None:
+async def test_refused_is_not_retried() -> None:
+    """A refusal means the host is down: one attempt, and host health takes
+    over (retrying here made one failure cost several timeouts)."""
+    accepts = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepts
+        accepts += 1
+        writer.close()
+
+    # A server that drops every connection during the handshake (what sshd's
+    # MaxStartups does under a burst) IS retried, connect_retries times.
+    server = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = HostConfig(host="127.0.0.1", port=port, connect_retries=2, known_hosts=None)
+        async with HostPool(cfg) as pool:
+            with pytest.raises(SshConnectError, match="dropped during the handshake") as e:
+                await pool.exec("true")
+        assert e.value.dropped
+        assert accepts == 3
+    finally:
+        server.close()
     cfg = HostConfig(host="127.0.0.1", port=free_port(), connect_retries=2)
-    start = time.monotonic()
-    async with HostPool(cfg) as pool:
-        with pytest.raises(SshConnectError):
+    outcomes: list[BaseException | None] = []
+    async with HostPool(cfg, on_connect=outcomes.append) as pool:
+        with pytest.raises(SshConnectError, match="refused") as e:
             await pool.exec("true")
-    # 2 retries: 0.25s and 0.5s nominal, +-50% jitter
-    assert 0.3 < time.monotonic() - start < 8.0
+    assert not e.value.dropped
+    assert len(outcomes) == 1 and isinstance(outcomes[0], SshConnectError)
 
 
 async def test_silent_server_times_out() -> None:

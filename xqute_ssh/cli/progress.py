@@ -16,8 +16,10 @@ the CLI can exit 130 after Ctrl-C.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Protocol
 
 from rich import box
@@ -44,6 +46,7 @@ from .workdir import host_from_jid
 if TYPE_CHECKING:  # pragma: no cover
     from ..job import Job
     from ..scheduler import Scheduler
+    from ..ssh.health import HostHealth
     from ..xqute import Xqute
 
 
@@ -145,6 +148,8 @@ class LiveView:
             console=console,
         )
         self._task = self.progress.add_task("jobs", total=max(0, tally.total - n_skip))
+        #: Lines naming the hosts that are down (set once the run starts).
+        self.hosts_down: Callable[[], list[str]] | None = None
         self._live = Live(
             console=console,
             get_renderable=self.render,
@@ -165,7 +170,8 @@ class LiveView:
                 str(counts.finished),
                 str(counts.failed),
             )
-        return Group(self.progress, table)
+        down = [Text(line, style="yellow") for line in (self.hosts_down or list)()]
+        return Group(self.progress, table, *down)
 
     def start(self) -> None:
         self._live.start()
@@ -248,7 +254,21 @@ class RunMonitor:
         await self._end(job, Outcome.FINISHED if finished else Outcome.KILLED)
 
     @plugin.impl
+    async def on_init(self, xqute: Xqute) -> None:
+        health = getattr(xqute.scheduler, "health", None)
+        if isinstance(self.view, LiveView) and health is not None:
+            self.view.hosts_down = functools.partial(_hosts_down, health)
+
+    @plugin.impl
     async def on_shutdown(self, xqute: Xqute, sig: signal.Signals | None) -> None:
         self.shut_down = True
         if sig is not None:
             self.signal = sig
+
+
+def _hosts_down(health: HostHealth) -> list[str]:
+    """For the live view: one line per host that is down, and why."""
+    return [
+        f"host {health.labels.get(r.name, r.name)} is down: {r.reason}"
+        for r in health.down()
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,7 +60,25 @@ def _counts_line(records: list[JobRecord]) -> str:
     return plural(len(records), "job") + (f": {parts}" if parts else "")
 
 
-def render(records: list[JobRecord], out: Output) -> None:
+def hosts_down(workdir: Path) -> list[str]:
+    """One line per host the SSH scheduler last saw down (its host file)."""
+    try:
+        hosts = json.loads((workdir / ".xqute-hosts.json").read_text())
+    except (OSError, ValueError):
+        return []  # no SSH run here, or the file is being rewritten
+    lines = []
+    for name, h in hosts.items() if isinstance(hosts, dict) else ():
+        if not isinstance(h, dict) or h.get("state") not in ("down", "broken", "probing"):
+            continue
+        if h.get("down_since") is None:
+            continue  # a first probe, not an outage
+        since = time.strftime("%H:%M:%S", time.localtime(float(h["down_since"])))
+        what = "unusable" if h["state"] == "broken" else "down"
+        lines.append(f"host {h.get('label', name)}: {what} since {since}: {h.get('reason', '')}")
+    return lines
+
+
+def render(records: list[JobRecord], out: Output, hosts: list[str] | None = None) -> None:
     """A rich table on a terminal, tab-separated plain text otherwise."""
     if out.mode == Mode.LIVE:
         table = Table(box=box.SIMPLE_HEAD)
@@ -71,6 +90,8 @@ def render(records: list[JobRecord], out: Output) -> None:
             table.add_row(*cells)
         out.console.print(table)
         out.console.print(_counts_line(records), markup=False)
+        for line in hosts or ():
+            out.console.print(line, style="yellow", markup=False)
         return
     file = out.console.file
     file.write("\t".join(_COLUMNS) + "\n")
@@ -78,6 +99,8 @@ def render(records: list[JobRecord], out: Output) -> None:
         file.write("\t".join(c.replace("\t", " ").replace("\n", " ") for c in _cells(rec)))
         file.write("\n")
     file.write(_counts_line(records) + "\n")
+    for line in hosts or ():
+        file.write(line + "\n")
     file.flush()
 
 
@@ -95,5 +118,5 @@ def status_command(ns: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps([r.as_dict() for r in records], indent=1) + "\n")
         sys.stdout.flush()
         return 0
-    render(records, Output.choose())
+    render(records, Output.choose(), hosts_down(workdir))
     return 0

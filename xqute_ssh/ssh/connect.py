@@ -158,7 +158,9 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
         return ConfigError(f"{cfg.label}: cannot load a client key: {exc}")
     if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
         # Also what sshd's MaxStartups does to excess unauthenticated connections.
-        return SshConnectError(addr, f"connection dropped during the handshake ({exc})")
+        err = SshConnectError(addr, f"connection dropped during the handshake ({exc})")
+        err.dropped = True
+        return err
     if isinstance(exc, asyncssh.DisconnectError):
         err = SshConnectError(addr, f"SSH handshake failed: {exc.reason or exc}")
         err.retryable = False

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import asyncssh
@@ -83,8 +83,17 @@ class HostPool:
     the call's ``timeout``) for a command, ``connect_timeout`` per connect.
     """
 
-    def __init__(self, cfg: HostConfig, *, pipeline_threshold: int = PIPELINE_THRESHOLD) -> None:
+    def __init__(
+        self,
+        cfg: HostConfig,
+        *,
+        pipeline_threshold: int = PIPELINE_THRESHOLD,
+        on_connect: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
         self.cfg = cfg
+        #: Told the outcome of every connect (None: it worked), so host
+        #: health follows what the pool sees without a connect of its own.
+        self.on_connect = on_connect
         self.label = cfg.label
         self._state = PoolState(
             cfg.max_sessions, cfg.max_connections, pipeline_threshold=pipeline_threshold
@@ -261,18 +270,23 @@ class HostPool:
             self._state.connection_failed(slot, SshPoolClosed(self.label, "the pool was closed"))
             raise
         except (SshError, ConfigError) as exc:
-            logger.warning("%s", exc)
+            # Logged by whoever watches host health (once per host going down).
+            logger.debug("%s", exc)
+            self._connect_outcome(exc)
             self._state.connection_failed(slot, exc)
             self._kick()
             return
         except Exception as exc:  # a bug or an asyncssh surprise: fail loudly, not hang
             logger.exception("%s: unexpected error while connecting", self.label)
-            self._state.connection_failed(slot, SshConnectError(self.cfg.address, repr(exc)))
+            err = SshConnectError(self.cfg.address, repr(exc))
+            self._connect_outcome(err)
+            self._state.connection_failed(slot, err)
             self._kick()
             return
         if self._closed or not slot.alive:
             link.close()
             return
+        self._connect_outcome(None)
         self._state.connection_ready(slot, link)
         logger.debug("%s: connection #%d open", self.label, slot.id)
         self._spawn(self._watch(slot, link))
@@ -280,14 +294,23 @@ class HostPool:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
         self._kick()
 
+    def _connect_outcome(self, exc: BaseException | None) -> None:
+        if self.on_connect is not None and not self._closed:
+            self.on_connect(exc)
+
     async def _connect_with_retries(self) -> SshLink:
-        """Connect; retry transient failures with exponential backoff and jitter."""
+        """Connect; retry a handshake the server dropped, with backoff and jitter.
+
+        Only that failure is retried here (sshd's ``MaxStartups`` does it to
+        a burst of connections).  A refusal or a timeout is not: the host is
+        down, and retrying would make one attempt cost several timeouts.
+        """
         attempt = 0
         while True:
             try:
                 return await open_link(self.cfg)
-            except SshError as exc:
-                if not exc.retryable or attempt >= self.cfg.connect_retries:
+            except SshConnectError as exc:
+                if not exc.dropped or attempt >= self.cfg.connect_retries:
                     raise
                 delay = min(_BACKOFF_BASE * 2**attempt, _BACKOFF_MAX) * random.uniform(0.5, 1.5)
                 attempt += 1

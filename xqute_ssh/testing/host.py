@@ -269,6 +269,15 @@ class SshdHost:
                 self._sshd_pid = None
             self.start()
 
+    def kill_sshd(self) -> None:
+        """Kill sshd (the listener and every connection) and leave it down,
+        as after a crash nobody restarted yet; what logins started lives on.
+        :meth:`start` brings sshd back."""
+        with self._lock:
+            if self._reaper is not None:
+                self._kill(self._sshd_processes)
+            self._sshd_pid = None
+
     async def astart(self) -> None:
         """:meth:`start` in a thread, for async tests."""
         await asyncio.to_thread(self.start)

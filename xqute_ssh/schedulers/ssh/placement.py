@@ -1,26 +1,24 @@
 """Which host gets the next job: pure bookkeeping, no I/O.
 
 A job goes to the host with the most free slots (its ``forks`` minus the jobs
-it runs), not ``index % n``; hosts marked down are skipped until their
-cool-down ends; a retried job prefers a host it has not failed on.
+it runs), not ``index % n``, among the hosts the caller says may take jobs
+(those :class:`~xqute_ssh.ssh.health.HostHealth` knows to answer); a retried
+job prefers a host it has not failed on.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 
 @dataclass
 class HostSlots:
-    """One host's job slots and health, as the scheduler sees them."""
+    """One host's job slots, as the scheduler sees them."""
 
     name: str
     forks: int
     running: set[int] = field(default_factory=set)  # job indexes holding a slot
-    down_until: float = 0.0
-    last_error: str = ""
     finished: int = 0
     failed: int = 0
     placed: int = 0  # jobs ever given to this host: spreads ties evenly
@@ -29,40 +27,35 @@ class HostSlots:
     def free(self) -> int:
         return self.forks - len(self.running)
 
-    def is_down(self, now: float) -> bool:
-        return now < self.down_until
-
     def __repr__(self) -> str:
-        state = " down" if self.is_down(time.monotonic()) else ""
-        return f"<HostSlots {self.name} {len(self.running)}/{self.forks}{state}>"
+        return f"<HostSlots {self.name} {len(self.running)}/{self.forks}>"
 
 
 class Placement:
     """Slot accounting across hosts."""
 
-    def __init__(
-        self,
-        hosts: Iterable[HostSlots],
-        cooldown: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, hosts: Iterable[HostSlots]) -> None:
         self.hosts: dict[str, HostSlots] = {h.name: h for h in hosts}
-        self.cooldown = cooldown
-        self._clock = clock
 
     @property
     def capacity(self) -> int:
         return sum(h.forks for h in self.hosts.values())
 
-    def pick(self, index: int, avoid: Collection[str] = ()) -> HostSlots | None:
-        """Reserve a slot for job ``index``; None when no healthy host has one.
+    def pick(
+        self,
+        index: int,
+        avoid: Collection[str] = (),
+        among: Collection[str] | None = None,
+    ) -> HostSlots | None:
+        """Reserve a slot for job ``index`` on one of ``among`` (default: all).
 
-        Hosts in ``avoid`` (where this job already failed) are used only when
-        no other host has a free slot.
+        None when none of them has a free slot.  Hosts in ``avoid`` (where
+        this job already failed) are used only when no other host has one.
         """
-        now = self._clock()
         candidates = [
-            h for h in self.hosts.values() if h.free > 0 and not h.is_down(now)
+            h
+            for h in self.hosts.values()
+            if h.free > 0 and (among is None or h.name in among)
         ]
         if not candidates:
             return None
@@ -70,20 +63,6 @@ class Placement:
             candidates,
             key=lambda h: (h.name not in avoid, h.free, -len(h.running), -h.placed),
         )
-        best.running.add(index)
-        best.placed += 1
-        return best
-
-    def pick_down(self, index: int, avoid: Collection[str] = ()) -> HostSlots | None:
-        """When no healthy host is left: a host in cool-down this job has not
-        tried yet (the one that went down first), so a brief outage seen by
-        other jobs does not fail this one untried."""
-        candidates = [
-            h for h in self.hosts.values() if h.free > 0 and h.name not in avoid
-        ]
-        if not candidates:
-            return None
-        best = min(candidates, key=lambda h: h.down_until)
         best.running.add(index)
         best.placed += 1
         return best
@@ -103,20 +82,6 @@ class Placement:
             host.finished += 1
         elif ok is False:
             host.failed += 1
-
-    def mark_down(self, name: str, error: str) -> None:
-        host = self.hosts[name]
-        host.down_until = self._clock() + self.cooldown
-        host.last_error = error
-
-    def mark_up(self, name: str) -> None:
-        host = self.hosts[name]
-        host.down_until = 0.0
-        host.last_error = ""
-
-    def all_down(self) -> bool:
-        now = self._clock()
-        return all(h.is_down(now) for h in self.hosts.values())
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(h) for h in self.hosts.values())

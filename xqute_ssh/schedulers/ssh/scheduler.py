@@ -1,7 +1,9 @@
 """SshScheduler: run, track and kill jobs across SSH hosts.
 
 * Placement: the host with the most free slots (``forks`` per server),
-  skipping hosts marked down after a connection failure.
+  among the hosts known to answer (:mod:`~xqute_ssh.ssh.health`): a host
+  that fails to connect is out of placement at once and probed in the
+  background with backoff until it answers again.
 * Launch: one round trip over the host's control session starts the wrapper
   detached (``setsid``, stdin /dev/null, output to files) and returns its pid
   and start time; the job id is ``<server>:<pid>:<starttime>``, so a reused
@@ -20,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import shlex
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,26 +39,40 @@ from ... import fileio, staging
 from ...errors import (
     ConfigError,
     JobSubmissionError,
+    SshConnectError,
     SshConnectionLost,
     SshError,
     SshPoolClosed,
+    SshTimeoutError,
 )
 from ...job import Job
 from ...path import SpecPath
 from ...scheduler import Scheduler
 from ...ssh import CommandResult, HostPool
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
+from ...ssh.health import (
+    HOST_COOLDOWN,
+    PROBE_BACKOFF,
+    PROBE_MAX_INTERVAL,
+    HostHealth,
+)
 from ...status import JobStatus
 from ...wrapper import render
 from . import remote, unshared
 from .options import CONNECTION_KEYS, ServerSpec, parse_servers
 from .placement import HostSlots, Placement
+from .watch import HostWatch
 
 logger = logging.getLogger("xqute_ssh")
 
 #: How long to look for a job that may have started when the connection
 #: dropped while we were starting it (the wrapper writes job.pid at once).
 LAUNCH_ADOPT_WAIT = 3.0
+#: On a stop, how long to wait for the reply of a launch already sent (the
+#: job may have started: its id is needed to kill it).
+LAUNCH_STOP_WAIT = 3.0
+#: Bound on each round trip of a kill, so a stop never waits on a dead host.
+KILL_ROUND_TRIP = 5.0
 
 
 def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
@@ -74,10 +91,15 @@ def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
 class _Host:
     """A server's pool, capabilities and paths (I/O lives here)."""
 
-    def __init__(self, spec: ServerSpec, workdir: SpecPath) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        workdir: SpecPath,
+        on_connect: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.pool = HostPool(spec.config)
+        self.pool = HostPool(spec.config, on_connect=on_connect)
         mounted = spec.mounted_workdir
         self.workdir = (
             PurePosixPath(mounted) if mounted else PurePosixPath(str(workdir.mounted))
@@ -178,9 +200,14 @@ class SshScheduler(Scheduler):
         servers: ``{name: {host, port, user, keyfile, password, known_hosts,
             config, proxy_jump, forks, max_sessions, mounted_workdir,
             shared_fs, ...}}`` or a list of ``"[user@]host[:port]"``.
-        host_cooldown: seconds a host that failed to connect is skipped.
+        host_cooldown: seconds from a host's failure to its first background
+            probe (it takes no jobs meanwhile).
+        probe_backoff: each failed probe multiplies the wait before the next.
+        probe_max_interval: the longest wait between two probes.
         lost_after: seconds a host may stay unreachable before the jobs that
-            were running there are reported lost (FAILED, naming the host).
+            were running there are reported lost (FAILED, naming the host);
+            also how long an outage of every host is waited out before the
+            jobs not started fail.
         Any server option at this level is a default for every server.
     """
 
@@ -190,7 +217,9 @@ class SshScheduler(Scheduler):
         self,
         *args: Any,
         servers: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
-        host_cooldown: float = 30.0,
+        host_cooldown: float = HOST_COOLDOWN,
+        probe_backoff: float = PROBE_BACKOFF,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
         lost_after: float = 30.0,
         **kwargs: Any,
     ) -> None:
@@ -214,12 +243,35 @@ class SshScheduler(Scheduler):
                         f"{self.workdir} is in cloud storage"
                     )
                 self.servers[i] = dataclasses.replace(spec, shared_fs=False)
+        for name, value in (
+            ("host_cooldown", host_cooldown),
+            ("probe_max_interval", probe_max_interval),
+        ):
+            if not float(value) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
+        if not float(probe_backoff) >= 1:
+            raise ConfigError(f"probe_backoff must be >= 1, got {probe_backoff!r}")
         self.hosts: dict[str, _Host] = {
-            s.name: _Host(s, self.workdir) for s in self.servers
+            s.name: _Host(
+                s, self.workdir, functools.partial(self._connected, s.name)
+            )
+            for s in self.servers
         }
         self.placement = Placement(
-            (HostSlots(s.name, s.forks or self.forks) for s in self.servers),
-            cooldown=host_cooldown,
+            HostSlots(s.name, s.forks or self.forks) for s in self.servers
+        )
+        self.health = HostHealth(
+            self.hosts,
+            cooldown=float(host_cooldown),
+            backoff=float(probe_backoff),
+            max_interval=float(probe_max_interval),
+            labels={
+                n: h.label if n == h.label else f"{n} ({h.label})"
+                for n, h in self.hosts.items()
+            },
+        )
+        self.watch = HostWatch(
+            self.health, self._probe_host, self.workdir, lambda: self._slot_freed.set()
         )
         self.lost_after = lost_after
         # A job can only run where a slot is; never admit more than all hosts hold.
@@ -231,6 +283,7 @@ class SshScheduler(Scheduler):
             )
             self.forks = self.placement.capacity
         self._slot_freed = asyncio.Event()
+        self._hopeless_said = False
         self._unreachable_since: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -241,12 +294,14 @@ class SshScheduler(Scheduler):
 
     async def shutdown(self) -> None:
         await super().shutdown()
+        await self.watch.close()
 
         async def flush(host: _Host) -> None:
-            if host.pending_rm:
+            if host.pending_rm and self.health.usable(host.name):
                 remove, host.pending_rm = host.pending_rm, []
-                with contextlib.suppress(SshError):
-                    await host.run(unshared.read_statuses([], remove))
+                with contextlib.suppress(SshError, TimeoutError):
+                    async with asyncio.timeout(KILL_ROUND_TRIP):
+                        await host.run(unshared.read_statuses([], remove))
 
         await asyncio.gather(
             *(flush(h) for h in self.hosts.values()), return_exceptions=True
@@ -255,21 +310,43 @@ class SshScheduler(Scheduler):
             *(h.pool.close() for h in self.hosts.values()), return_exceptions=True
         )
 
+    def _connected(self, name: str, exc: BaseException | None) -> None:
+        self.watch.connected(name, exc)
+
+    async def _probe_host(self, name: str) -> None:
+        """One probe (for the HostWatch): readiness once, then a round trip."""
+        host = self.hosts[name]
+        if host.probe is None:
+            await host.ensure_ready(self.workdir)
+        else:
+            await host.run(":", timeout=host.spec.config.connect_timeout)
+
     # ------------------------------------------------------------ placement
-    async def _reserve(self, job: Job, avoid: set[str]) -> _Host | None:
-        """A host with a free slot for ``job``; waits while all are busy."""
+    async def _reserve(self, job: Job, avoid: set[str]) -> _Host:
+        """A host that answers, with a free slot; waits while there is none.
+
+        Raises CancelledError once the run stops, JobSubmissionError when
+        every host is down for good (the message names each host and why).
+        """
+        self.watch.start()
         while True:
-            slots = self.placement.pick(job.index, avoid=avoid)
+            if self.stopping:
+                raise asyncio.CancelledError
+            slots = self.placement.pick(
+                job.index, avoid=avoid, among=self.health.usable_names()
+            )
             if slots is not None:
                 return self.hosts[slots.name]
-            usable = [
-                h
-                for h in self.placement.hosts.values()
-                if h.name not in avoid and not h.is_down(time.monotonic())
-            ]
-            if not usable:
-                slots = self.placement.pick_down(job.index, avoid=avoid)
-                return self.hosts[slots.name] if slots is not None else None
+            reason = self.health.hopeless(self.lost_after)
+            if reason is not None:
+                if not self._hopeless_said:
+                    self._hopeless_said = True
+                    logger.error(
+                        "%s; the jobs not started yet fail", reason
+                    )
+                err = JobSubmissionError(f"no host could start the job: {reason}")
+                err.reported = True
+                raise err
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -364,14 +441,9 @@ class SshScheduler(Scheduler):
 
     async def submit_job(self, job: Job) -> str:
         avoid: set[str] = set(job.extra.get("failed_hosts", ()))
-        tried: set[str] = set()
         lost_once: set[str] = set()
-        errors: list[str] = []
         while True:
-            host = await self._reserve(job, avoid | tried)
-            if host is None:
-                detail = "; ".join(errors) or "every host is marked down"
-                raise JobSubmissionError(f"no host could start the job: {detail}")
+            host = await self._reserve(job, avoid)
             job.extra["host"] = host.name
             try:
                 await host.ensure_ready(self.workdir)
@@ -383,7 +455,9 @@ class SshScheduler(Scheduler):
                 # job id "<server>:" says where the job goes before it exists:
                 # if we die before its pid is recorded, a restart finds it.
                 await fileio.to_thread(_write_script_and_jid, job, script, text, host.name)
-                reply = await host.run(self._launch_request(job, host, text))
+                if self.stopping:
+                    raise asyncio.CancelledError
+                reply = await self._launch(job, host, self._launch_request(job, host, text))
             except SshPoolClosed:
                 self.placement.release(host.name, job.index)
                 raise  # shutting down: no other host will do either
@@ -398,12 +472,10 @@ class SshScheduler(Scheduler):
                     lost_once.add(host.name)
                     logger.info("job %s: %s; trying %s again", job.index, exc, host.name)
                     continue
-                # Unreachable, or unusable (auth, host key, no bash): skip it
-                # for a cool-down and try the next host.
-                self.placement.mark_down(host.name, str(exc))
-                logger.warning("job %s: %s; trying another host", job.index, exc)
-                errors.append(str(exc))
-                tried.add(host.name)
+                # Unreachable or unusable: the host is out of placement (one
+                # warning, from the health) and the job goes elsewhere.
+                logger.debug("job %s: %s; trying another host", job.index, exc)
+                self.watch.failed(host.name, exc)
                 continue
             except BaseException:
                 self.placement.release(host.name, job.index)
@@ -422,8 +494,27 @@ class SshScheduler(Scheduler):
                     f"{host.label}: could not start the job: {launched} "
                     f"{reply.stderr.strip()}".strip()
                 )
-            self.placement.mark_up(host.name)
             return f"{host.name}:{launched.pid}:{launched.starttime}"
+
+    async def _launch(self, job: Job, host: _Host, request: str) -> CommandResult:
+        """Send the launch request; if the run stops meanwhile, still learn
+        the job's id (it may have started) so that the stop can kill it."""
+        task = asyncio.ensure_future(host.run(request))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            reply: CommandResult | None = None
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(LAUNCH_STOP_WAIT):
+                    reply = await task
+            if not task.done():
+                task.cancel()
+            launched = remote.parse_launch(reply.stdout) if reply is not None else None
+            if launched is not None and not isinstance(launched, str):
+                jid = f"{host.name}:{launched.pid}:{launched.starttime}"
+                with contextlib.suppress(OSError):
+                    await job.set_jid(jid)
+            raise
 
     async def _adopt_after_lost_launch(
         self, job: Job, host: _Host, exc: SshError
@@ -637,6 +728,7 @@ class SshScheduler(Scheduler):
         async def check(name: str, items: list[tuple[int, Job, int, int]]) -> None:
             host = self.hosts[name]
             try:
+                self._raise_if_cut_off(host)
                 reply = await host.run(
                     remote.dead_among([(pid, start) for _, _, pid, start in items])
                 )
@@ -666,6 +758,13 @@ class SshScheduler(Scheduler):
                 tg.create_task(check(name, items))
         return result
 
+    def _raise_if_cut_off(self, host: _Host, more: str = "") -> None:
+        """A host that is down with no connection open: say so at once
+        rather than wait for a connect (a stop or a poll cycle must not)."""
+        rec = self.health.health_of(host.name)
+        if rec.is_down and host.pool.stats().connections == 0:
+            raise SshConnectError(host.label, f"the host is down ({rec.reason}){more}")
+
     # ----------------------------------------------------------------- kill
     async def kill_job_and_update_status(self, job: Job) -> None:
         host = self._unshared_host(job)
@@ -679,14 +778,21 @@ class SshScheduler(Scheduler):
             return
         name, pid, start = parsed
         host = self.hosts[name]
-        reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
+        self._raise_if_cut_off(host, f"; job {job.index} (pid {pid}) may still run there")
+        try:
+            async with asyncio.timeout(KILL_ROUND_TRIP):
+                reply = await host.run(remote.kill_group(pid, start, self.kill_grace))
+        except TimeoutError:
+            raise SshTimeoutError(
+                host.label, f"no answer to the kill within {KILL_ROUND_TRIP:g}s"
+            ) from None
         if "xq-killing" not in reply.stdout:
             return
         # The host escalates to KILL by itself; wait until the group is gone
         # (a remote process exit sends us nothing, so ask a few times).
         deadline = time.monotonic() + self.kill_grace + 5
         while time.monotonic() < deadline:
-            check = await host.run(remote.group_alive(pid))
+            check = await host.run(remote.group_alive(pid), timeout=KILL_ROUND_TRIP)
             if "gone" in check.stdout:
                 if job.extra.pop("fetch_after_kill", None) and host.shared is False:
                     await self._fetch(job, host)  # what it wrote before dying
