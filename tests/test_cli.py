@@ -382,11 +382,20 @@ def test_resume_skips_jobs_that_finished(
     assert cli("run", "-w", wd, "-a", args, "--resume", *cmd) == 1
     out = capsys.readouterr().out
     ran = {p.name: p.read_text().count("ran") for p in counts.iterdir()}
-    assert ran == {"a": 1, "bad": 2, "c": 1}  # only the failed job ran again
+    assert ran == {"a": 1, "bad": 1, "c": 1}  # nothing that ran runs again
     lines = plain_lines(out)
     assert lines[0][0] == lines[2][0] == "SKIPPED"
     assert lines[1][0] == "FAILED"
     assert "3 jobs: 0 finished, 1 failed, 2 skipped, 0 not run" in out
+
+    # with --retries the failed job is retried (its first attempt counts)
+    assert cli("run", "-w", wd, "-a", args, "--resume", "--retries", "1", *cmd) == 1
+    capsys.readouterr()
+    ran = {p.name: p.read_text().count("ran") for p in counts.iterdir()}
+    assert ran == {"a": 1, "bad": 2, "c": 1}
+    assert cli("run", "-w", wd, "-a", args, "--resume", "--retries", "1", *cmd) == 1
+    ran = {p.name: p.read_text().count("ran") for p in counts.iterdir()}
+    assert ran == {"a": 1, "bad": 2, "c": 1}  # both attempts used up
 
     # a changed line is a different command: it runs even though job 1 ...
     args.write_text("a\ngood\nc\n")

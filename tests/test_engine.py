@@ -444,8 +444,9 @@ LOCAL_CONTROLLER = """
 import asyncio, json, sys
 from xqute_ssh import Xqute
 workdir, counter = sys.argv[1], sys.argv[2]
+resume = sys.argv[3:] != ["fresh"]
 async def main():
-    xq = Xqute(forks=4, workdir=workdir)
+    xq = Xqute(forks=4, workdir=workdir, scheduler_opts={"resume": resume})
     for i in range(4):
         await xq.feed(["bash", "-c", f"echo x >> {counter}/{i}; sleep 1"])
     await xq.run_until_complete()
@@ -456,8 +457,8 @@ asyncio.run(main())
 
 async def test_restart_keeps_results_of_jobs_that_ended_unwatched(tmp_path: Path) -> None:
     """Controller SIGKILLed; its jobs end while nobody watches; a restart
-    takes their results instead of running them again.  A later normal
-    rerun of a finished workdir runs the jobs again."""
+    takes their results instead of running them again.  Only a fresh run
+    (``resume=False``) runs them again."""
     import json
     import subprocess
 
@@ -475,8 +476,9 @@ async def test_restart_keeps_results_of_jobs_that_ended_unwatched(tmp_path: Path
     async with asyncio.timeout(30):  # the orphaned jobs end by themselves
         while not all((tmp_path / "wd" / str(i) / "job.rc").exists() for i in range(4)):
             await asyncio.sleep(0.05)
-    for _ in range(2):
-        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    for extra in ([], [], ["fresh"]):
+        out = subprocess.run([*args, *extra], capture_output=True, text=True, timeout=60)
         assert json.loads(out.stdout.splitlines()[-1]) == ["FINISHED"] * 4, out.stderr
-    # restart: results kept (1 run each); then a normal rerun: 2 runs each
+    # restarts: results kept (1 run each), however often; then a fresh run
+    # (resume=False, asked for explicitly): 2 runs each
     assert [read(counter / str(i)) for i in range(4)] == ["x\nx\n"] * 4

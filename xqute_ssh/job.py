@@ -327,13 +327,17 @@ class Job:
         return self._jid
 
     def _attempt_files(self) -> tuple[SpecPath, ...]:
+        # job.status first: a controller killed while archiving an attempt
+        # leaves a metadir without a final status, which a restart starts
+        # anew (the attempt is counted by its job.retry/<n>).
         return (
+            self.status_file,
             self.metadir / "job.pid",
             self.stdout_file,
             self.stderr_file,
-            self.status_file,
             self.rc_file,
             self.jid_file,
+            self.metadir / "job.killed",
         )
 
     def _reset_memory(self) -> None:

@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import fileio, staging
+from . import attempt, fileio, staging
+from .attempt import Action, AttemptRecord
 from .errors import ConfigError, JobSubmissionError, WorkdirError
 from .job import Job, normalize_envs
 from .path import SpecPath
@@ -32,6 +34,10 @@ logger = logging.getLogger("xqute_ssh")
 
 #: What a job's wrapper is started with; subclasses may change the shell path.
 DEFAULT_SHEBANG = "#!/usr/bin/env bash"
+
+#: How long a restarted controller looks for the job.pid of a job that the
+#: dead one may have been starting (the wrapper writes it at once).
+LAUNCH_WAIT = 3.0
 
 
 class Scheduler(ABC):
@@ -54,6 +60,16 @@ class Scheduler(ABC):
         mounted_workdir: the workdir as the job's host sees it.
         poll_interval: seconds between poll cycles.
         kill_grace: seconds between TERM and KILL when a job is killed.
+        resume: what to do with a job whose earlier attempt is found in the
+            workdir (a controller died, or the same jobs are run again).
+            True (default): an attempt that still runs is re-attached, one
+            that ended is reported with its recorded outcome and not started
+            again (a FAILED one may be retried under "retry", counting the
+            attempt).  False: a fresh run; ended attempts run again (one that
+            still runs is re-attached all the same, never doubled).
+        kill_group_on_end: when a job ends, KILL whatever its process group
+            still holds (background processes it left behind).  Off by
+            default, like plain ``ssh host cmd``.
     """
 
     name: ClassVar[str] = "base"
@@ -75,6 +91,8 @@ class Scheduler(ABC):
         mounted_workdir: str | None = None,
         poll_interval: float = 0.1,
         kill_grace: float = 5.0,
+        resume: bool = True,
+        kill_group_on_end: bool = False,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -111,6 +129,8 @@ class Scheduler(ABC):
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
         self.kill_grace = float(kill_grace)
+        self.resume = bool(resume)
+        self.kill_group_on_end = bool(kill_group_on_end)
         #: Set once a job failed for good under the "halt" strategy.
         self.halted = False
         #: Set by Xqute when the run stops (signal, halt, cancel): start no
@@ -119,7 +139,6 @@ class Scheduler(ABC):
         #: Set by backends when something changed (a local job exited) so the
         #: poller looks now instead of at the next interval.
         self.wakeup = asyncio.Event()
-        self._seen_ends: list[SpecPath] = []
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
         self._post_init_done = False
@@ -150,7 +169,7 @@ class Scheduler(ABC):
 
         Backends extend it and call ``await super().shutdown()``.
         """
-        await self.flush_seen_ends()
+        return None
 
     # ----------------------------------------------------------------- jobs
     async def create_job(
@@ -221,6 +240,7 @@ class Scheduler(ABC):
             hook_end=self.jobcmd_end(job),
             timeout=self.timeout,
             kill_grace=self.kill_grace,
+            kill_group_on_end=self.kill_group_on_end,
             # A job that stages files runs in its job directory.
             cwd=self.cwd
             or (str(job.metadir.mounted) if job.stage_in or job.stage_out else None),
@@ -295,11 +315,6 @@ class Scheduler(ABC):
                 "/Job-%s Status changed: %r -> %r", job.index, old.name, new_status.name
             )
 
-        if new_status.is_terminal and old != new_status:
-            # Seen to end: a restarted controller must not take it for an
-            # attempt that ended unobserved (see ended_unobserved).  Removed
-            # in one batch per poll cycle (flush_seen_ends).
-            self._seen_ends.append(job.metadir / "job.pid")
         if new_status == JobStatus.QUEUED:
             job._started_hook_done = False
             await plugin.hooks.on_job_queued(self, job)
@@ -341,19 +356,19 @@ class Scheduler(ABC):
             self.halted = True
             self.wakeup.set()
 
-    async def flush_seen_ends(self) -> None:
-        """Remove the job.pid of jobs seen to end, in one worker-thread hop."""
-        if self._seen_ends:
-            paths, self._seen_ends = self._seen_ends, []
-            with contextlib.suppress(OSError):
-                await fileio.unlink_many(paths)
-
     async def _fire_started(self, job: Job) -> None:
         if not job._started_hook_done:
             job._started_hook_done = True
             await plugin.hooks.on_job_started(self, job)
 
     def _should_retry(self, job: Job) -> bool:
+        if job.extra.get("fenced"):
+            # Its attempt may still run on a host we cannot reach: a second
+            # one elsewhere could run the job twice.
+            logger.warning(
+                "job %s is not retried: %s", job.index, job.extra["fenced"]
+            )
+            return False
         return (
             self.error_strategy == JobErrorStrategy.RETRY
             and job.trial_count < self.num_retries
@@ -361,28 +376,67 @@ class Scheduler(ABC):
         )
 
     # ------------------------------------------------------------ submission
-    async def job_is_submitted_or_running(self, job: Job) -> bool:
-        """Whether an earlier controller already started this job.
+    def pid_file(self, job: Job) -> SpecPath:
+        """Where the wrapper writes "pid starttime" (as seen from here)."""
+        return job.metadir / "job.pid"
 
-        Its job id is on disk and its process (pid and start time) still
-        runs: re-attach instead of starting it twice.  It ended while no
-        controller watched (its job.pid is still there: a controller that
-        sees a job end removes it): take the result as it is.  A host that
-        cannot be asked now: re-attach too, and let lost-job detection
-        decide, rather than risk running the job twice.
+    def launch_may_be_in_flight(self, job: Job, record: AttemptRecord) -> bool:
+        """Whether a dead controller may have been starting this job."""
+        return record.launch_pending
+
+    async def job_is_submitted_or_running(self, job: Job) -> bool:
+        """Whether an earlier attempt takes the place of a new submission.
+
+        The rules are ``attempt.decide``'s: an attempt that still runs is
+        re-attached (never started twice); one that ended is reported with
+        its recorded outcome when ``resume`` (the attempt counts against
+        ``num_retries``); another command's attempt is killed and replaced.
+        A host that cannot be asked now: re-attach and let lost-job
+        detection decide, rather than risk running the job twice.
         """
-        jid = await self.recover_jid(job, await job.get_jid())
+        record = await attempt.read_record(job, self.pid_file(job))
+        action = attempt.decide(record, self.resume)
+        if self.resume and record.same_command is not False:
+            # Earlier attempts count against num_retries, and a new failed
+            # attempt is archived after them, never over them.
+            job.trial_count = max(job.trial_count, record.trials)
+        if action == Action.START:
+            return False
+        if action == Action.RECORDED:
+            assert record.status is not None
+            await self.recover_jid(job, record.jid)
+            logger.info(
+                "job %s: its attempt already ended (%s); not started again",
+                job.index, record.status.name,
+            )
+            await self.transition_job_status(job, JobStatus.SUBMITTED)
+            await self._apply_status(job, record.status)
+            return True
+        jid = await self._recover_started_jid(job, record)
         if not jid:
             return False
         try:
             alive = await self.job_is_running(job)
         except Exception as exc:
+            if record.same_command is False:
+                raise JobSubmissionError(
+                    f"an attempt of another command (job id {jid}) may still run "
+                    f"in {job.metadir} and its host cannot be asked now: {exc}"
+                ) from exc
             logger.warning(
                 "job %s: cannot check job id %s now (%s); re-attaching and "
                 "watching it", job.index, jid, exc,
             )
             await self.transition_job_status(job, JobStatus.SUBMITTED)
             return True
+        if alive and record.same_command is False:
+            logger.warning(
+                "job %s: an attempt of another command still runs in %s (job "
+                "id %s): killing it before the new one starts",
+                job.index, job.metadir, jid,
+            )
+            await self.kill_job(job)
+            return False
         if alive:
             status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
             if status is None or not status.is_active:
@@ -392,28 +446,59 @@ class Scheduler(ABC):
             if status != JobStatus.SUBMITTED:
                 await self.transition_job_status(job, status)
             return True
-        ended = await self.ended_unobserved(job)
-        if ended is None:
+        if not self.resume or record.same_command is False or record.killed:
             return False
+        try:
+            ended = await self.ended_unobserved(job)
+        except Exception as exc:
+            logger.warning(
+                "job %s: cannot read how job id %s ended (%s); re-attaching and "
+                "watching it", job.index, jid, exc,
+            )
+            await self.transition_job_status(job, JobStatus.SUBMITTED)
+            return True
+        await self.transition_job_status(job, JobStatus.SUBMITTED)
+        if ended is None:
+            # Started, gone, no final status: that attempt ended too.
+            await self.transition_job_status(job, JobStatus.RUNNING)
+            await self.transition_job_status(
+                job,
+                JobStatus.FAILED,
+                rc=-1,
+                error_msg=f"xqute: the job's process (job id {jid}) is gone but "
+                "it never wrote a final status (killed from outside, out of "
+                "memory, or its host rebooted)",
+                persist=True,
+            )
+            return True
         logger.info(
             "job %s: ended (%s) while no controller was watching; result kept",
             job.index, ended.name,
         )
-        await self.transition_job_status(job, JobStatus.SUBMITTED)
         await self._apply_status(job, ended)
         return True
 
+    async def _recover_started_jid(self, job: Job, record: AttemptRecord) -> str | None:
+        """The attempt's complete job id; waits a little (LAUNCH_WAIT) for
+        the wrapper's job.pid when a dead controller may have been starting
+        the job right then."""
+        deadline = time.monotonic() + LAUNCH_WAIT
+        while True:
+            jid = await self.recover_jid(job, record.jid)
+            if jid and not jid.endswith(":"):
+                return jid
+            if (
+                not self.launch_may_be_in_flight(job, record)
+                or time.monotonic() >= deadline
+            ):
+                return None
+            await asyncio.sleep(0.1)
+
     async def ended_unobserved(self, job: Job) -> JobStatus | None:
-        """The final status of an attempt that ended with no controller
-        watching, or None.  Shared filesystem: job.pid still there and a
-        final status in job.status."""
-        pid_text, status_text = await fileio.read_many(
-            [job.metadir / "job.pid", job.status_file]
-        )
-        status = JobStatus.parse(status_text or "")
-        if pid_text and status is not None and status.is_terminal:
-            return status
-        return None
+        """The final status of a started attempt that is no longer running,
+        or None (it never wrote one).  Shared filesystem: job.status."""
+        status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+        return status if status is not None and status.is_terminal else None
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         """The job id of an attempt an earlier controller started, if any.
@@ -536,10 +621,11 @@ class Scheduler(ABC):
             # stopped the job its own way and recorded the outcome).
             if job.status == JobStatus.KILLING:
                 job._set_status_nofile(old)
-            elif job.status.is_terminal and old != job.status:
-                self._seen_ends.append(job.metadir / "job.pid")
             return
         error = None
+        with contextlib.suppress(OSError):
+            # A restarted controller runs a killed job again (resume).
+            await fileio.write_text(job.metadir / attempt.KILLED_FILE, "")
         try:
             await self.kill_job(job)
         except asyncio.CancelledError:
@@ -550,6 +636,9 @@ class Scheduler(ABC):
         # The job may have ended by itself meanwhile; keep what it wrote.
         written = JobStatus.parse(await fileio.read_text(job.status_file) or "")
         if written is not None and written.is_terminal:
+            if written == JobStatus.FINISHED:  # it succeeded on its own
+                with contextlib.suppress(OSError):
+                    await fileio.unlink(job.metadir / attempt.KILLED_FILE)
             await self.transition_job_status(job, written, is_killed=True)
         else:
             await self.transition_job_status(
@@ -618,7 +707,6 @@ class Scheduler(ABC):
                         if j.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
                     ]
                 )
-        await self.flush_seen_ends()
         for job in jobs:
             if job._retry_pending and not self.halted:
                 await self.retry_job(job)
@@ -674,8 +762,15 @@ class Scheduler(ABC):
                 "the job's process is gone but it never wrote a final status "
                 "(killed from outside, out of memory, or its host rebooted)"
             )
+            # A fenced job (its host unreachable, the attempt maybe alive)
+            # keeps its files as they are: a later controller asks the host.
+            fenced = bool(job.extra.get("fenced"))
             await self.transition_job_status(
-                job, JobStatus.FAILED, rc=-1, error_msg=f"xqute: {reason}", persist=True
+                job,
+                JobStatus.FAILED,
+                rc=None if fenced else -1,
+                error_msg=f"xqute: {reason}",
+                persist=not fenced,
             )
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:

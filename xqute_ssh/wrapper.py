@@ -38,6 +38,10 @@ class WrapperSpec:
     timeout: float = 0
     kill_grace: float = 5
     cwd: str | None = None
+    #: KILL what is left of the job's process group when it ends.
+    kill_group_on_end: bool = False
+    #: Seconds between touches of job.pid, the heartbeat (0: none); see fencing.py.
+    heartbeat: float = 0
 
 
 def _function(name: str, body: str) -> str:
@@ -71,6 +75,8 @@ def render(spec: WrapperSpec) -> str:
     lines.append(f"XQ_TIMEOUT={_seconds(spec.timeout) if spec.timeout > 0 else 0}")
     lines.append(f"XQ_KILL_GRACE={_seconds(spec.kill_grace)}")
     lines.append(f"XQ_CWD={_q(spec.cwd) if spec.cwd else ''}")
+    lines.append(f"XQ_KILL_ON_END={1 if spec.kill_group_on_end else ''}")
+    lines.append(f"XQ_HEARTBEAT={_seconds(spec.heartbeat) if spec.heartbeat > 0 else 0}")
     lines.append("# ---- hooks and prescript / postscript ----")
     lines.append(_function("xq_hook_init", spec.hook_init))
     lines.append(_function("xq_hook_prep", spec.hook_prep))

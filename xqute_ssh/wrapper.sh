@@ -22,6 +22,7 @@ xq_status_file=$XQUTE_JOB_METADIR/job.status
 xq_rc_file=$XQUTE_JOB_METADIR/job.rc
 xq_pid=
 xq_timer=
+xq_beat=
 xq_rc=
 xq_killed=
 xq_timed_out=
@@ -69,6 +70,16 @@ xq_alarm() {
     xq_timer=$!
 }
 
+# Touch job.pid every $XQ_HEARTBEAT seconds while we run (its mtime is the
+# heartbeat): where the workdir is shared, it tells a controller that cannot
+# reach this host whether the job still runs.  A plain /bin/sh, stopped like
+# the timer; no extra file, and short jobs never pay for a touch.
+xq_beat_sh='trap "kill \$! 2>/dev/null; exit 0" TERM; while :; do sleep "$2" & wait $!; kill -0 "$3" 2>/dev/null || exit 0; touch -c -- "$1" 2>/dev/null || exit 0; done'
+xq_heartbeat() {
+    /bin/sh -c "$xq_beat_sh" xq-beat "$XQUTE_JOB_METADIR/job.pid" "$XQ_HEARTBEAT" "$$" &
+    xq_beat=$!
+}
+
 # Are we the wrapper process itself, or a fork of it that has not exec'd yet?
 xq_is_wrapper() {
     local xq_me
@@ -105,6 +116,7 @@ xq_finish() {
     xq_done=1
     trap '' TERM INT HUP USR1
     [ -n "$xq_timer" ] && kill "$xq_timer" 2>/dev/null
+    [ -n "$xq_beat" ] && kill "$xq_beat" 2>/dev/null
     [ -n "$xq_rc" ] || xq_rc=1
     [ -n "$xq_timed_out" ] && xq_rc=124
     rc=$xq_rc
@@ -114,7 +126,9 @@ xq_finish() {
     if [ "$rc" -eq 0 ]; then xq_put "$xq_status_file" 6; else xq_put "$xq_status_file" 7; fi
     # After a timeout nothing of the job may outlive it, not even children
     # that ignored TERM: the files are written, so KILL the group (and us).
-    [ -n "$xq_timed_out" ] && xq_signal_job KILL
+    # With XQ_KILL_ON_END, the same for what a job left behind in the
+    # background (off by default: plain ssh leaves such processes running).
+    if [ -n "$xq_timed_out" ] || [ -n "$XQ_KILL_ON_END" ]; then xq_signal_job KILL; fi
 }
 
 trap 'xq_finish' EXIT
@@ -132,13 +146,24 @@ fi
 xq_hook_init
 xq_hook_prep
 
+[ "$XQ_TIMEOUT" -gt 0 ] 2>/dev/null && xq_alarm "$XQ_TIMEOUT"
+[ "$XQ_HEARTBEAT" -gt 0 ] 2>/dev/null && xq_heartbeat
+
+# The launcher moved BASH_ENV aside so that our own bash did not read it (its
+# output would land in job.stdout before the job's own): give it back.
+if [ -n "${XQ_BASH_ENV+x}" ]; then
+    export BASH_ENV="$XQ_BASH_ENV"
+    unset XQ_BASH_ENV
+fi
+
 # Killed before the command even started: do not start it.
 [ -n "$xq_killed" ] && { xq_rc=143; exit 143; }
 
-[ "$XQ_TIMEOUT" -gt 0 ] 2>/dev/null && xq_alarm "$XQ_TIMEOUT"
-
 "${XQ_CMD[@]}" &
 xq_pid=$!
+# A signal for the group that landed between the check above and the fork
+# missed the command: pass it on (it reaches us too; the trap only notes it).
+[ -n "$xq_killed" ] && xq_signal_job "$xq_killed"
 
 # wait returns early when a trapped signal arrives; go on until the command
 # is really gone, then ask once more for its saved exit status.

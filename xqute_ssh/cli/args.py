@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--resume",
         action="store_true",
-        help="skip jobs whose files in the workdir show the same command "
-        "already finished with rc 0",
+        help="do not run again jobs whose files in the workdir show the same "
+        "command already ran (finished: SKIPPED; failed: FAILED, retried with "
+        "--retries); jobs still running are re-attached",
     )
     show = run.add_argument_group("output")
     show.add_argument(

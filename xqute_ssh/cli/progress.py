@@ -241,6 +241,10 @@ class RunMonitor:
 
     @plugin.impl
     async def on_job_succeeded(self, scheduler: Scheduler, job: Job) -> None:
+        if job.index in self._skip:  # the engine found it done (--resume)
+            self._skip.discard(job.index)
+            await self._end(job, Outcome.SKIPPED)
+            return
         await self._end(job, Outcome.FINISHED)
 
     @plugin.impl

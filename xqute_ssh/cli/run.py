@@ -39,7 +39,9 @@ def _build(plan: RunPlan, monitor: RunMonitor) -> Xqute:
             forks=plan.forks,
             error_strategy=plan.error_strategy,
             num_retries=plan.num_retries,
-            scheduler_opts=plan.scheduler_opts,
+            # Without --resume a run is fresh (ended jobs run again); a job
+            # still running from an earlier controller is re-attached either way.
+            scheduler_opts={**plan.scheduler_opts, "resume": plan.resume},
         )
     except ConfigError as exc:
         where = plan.servers_flag or "run"

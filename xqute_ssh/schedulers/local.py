@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import fileio
 from ..errors import JobSubmissionError
 from ..job import Job
+from ..path import SpecPath
 from ..scheduler import Scheduler, logger
 from ..status import JobStatus
 from ..wrapper import WrapperSpec
@@ -124,6 +125,7 @@ class LocalScheduler(Scheduler):
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
+                env=_wrapper_env(),
             )
         except OSError as exc:
             raise JobSubmissionError(f"cannot start bash: {exc}") from exc
@@ -141,6 +143,9 @@ class LocalScheduler(Scheduler):
             # Look now for lost jobs too: the wrapper is gone.
             job.extra["wrapper_exited"] = code
         self.wakeup.set()
+
+    def pid_file(self, job: Job) -> SpecPath:
+        return SpecPath(self.run_dir(job) / "job.pid")
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         if not jid:
@@ -221,11 +226,8 @@ class LocalScheduler(Scheduler):
         if self.mirror is None:
             return await super().ended_unobserved(job)
         run_dir = self.run_dir(job)
-        pid_text, status_text = await fileio.read_many(
-            [run_dir / "job.pid", run_dir / "job.status"]
-        )
-        status = JobStatus.parse(status_text or "")
-        if pid_text and status is not None and status.is_terminal:
+        status = JobStatus.parse(await fileio.read_text(run_dir / "job.status") or "")
+        if status is not None and status.is_terminal:
             await asyncio.to_thread(_sync_end, run_dir, job)
             return status
         return None
@@ -259,6 +261,14 @@ class LocalScheduler(Scheduler):
             task.cancel()
         if self._watchers:
             await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def _wrapper_env() -> dict[str, str]:
+    """Our environment, with BASH_ENV moved aside for the job (wrapper.sh)."""
+    env = dict(os.environ)
+    if "BASH_ENV" in env:
+        env["XQ_BASH_ENV"] = env.pop("BASH_ENV")
+    return env
 
 
 def mirror_dir(workdir: str) -> Path:

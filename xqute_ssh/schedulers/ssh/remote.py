@@ -73,6 +73,9 @@ def launch(script: str, stdout: str, stderr: str) -> str:
         f"{_STAT_FN}; "
         f"if [ ! -r {_q(script)} ]; then echo 'xq-error noscript'; else ( "
         "unset SSH_CLIENT SSH2_CLIENT; "
+        # BASH_ENV is for the job's bash only (see wrapper.sh).
+        'if [ -n "${BASH_ENV+x}" ]; then XQ_BASH_ENV=$BASH_ENV; '
+        "export XQ_BASH_ENV; unset BASH_ENV; fi; "
         f"setsid bash {_q(script)} </dev/null >{_q(stdout)} 2>{_q(stderr)} & "
         'p=$!; xq_stat "$p" && echo "xq-started $p ${st#* }" '
         '|| echo "xq-started $p 0"; ); fi'

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import secrets
 import shlex
 import tempfile
@@ -36,6 +37,7 @@ from typing import Any
 import asyncssh
 
 from ... import fileio, staging
+from ...attempt import AttemptRecord
 from ...errors import (
     ConfigError,
     JobSubmissionError,
@@ -59,6 +61,7 @@ from ...ssh.health import (
 from ...status import JobStatus
 from ...wrapper import render
 from . import remote, unshared
+from .fencing import Fence, Verdict
 from .options import CONNECTION_KEYS, ServerSpec, parse_servers
 from .placement import HostSlots, Placement
 from .watch import HostWatch
@@ -106,6 +109,8 @@ class _Host:
         )
         self.probe: remote.ProbeResult | None = None
         self._probe_lock = asyncio.Lock()
+        #: Why this host cannot run jobs at all (found once by the probe).
+        self.unusable: SshError | None = None
         #: Whether this host sees the workdir (decided once, at first use).
         self.shared: bool | None = spec.shared_fs if spec.shared_fs != "auto" else None
         #: Where jobs run on a host without the workdir.
@@ -138,6 +143,8 @@ class _Host:
         async with self._probe_lock:
             if self.probe is not None:
                 return
+            if self.unusable is not None:
+                raise self.unusable
             result = await self.run(remote.PROBE)
             probe = remote.ProbeResult.parse(result.stdout)
             if not probe.has_bash:
@@ -158,6 +165,12 @@ class _Host:
                     f"bash {probe.bash_version[0]}.{probe.bash_version[1]} is too "
                     "old; xqute_ssh needs bash 4.3 or newer",
                 )
+            if self.shared is True:
+                try:
+                    await self.check_shared_writable(workdir)
+                except SshError as exc:
+                    self.unusable = exc  # said once; not probed again
+                    raise
             if self.shared is None:
                 self.shared = await self._sees_workdir(workdir)
                 logger.info(
@@ -181,16 +194,49 @@ class _Host:
             logger.info("%s ready (bash %s)", self.label, probe.bash_version)
 
     async def _sees_workdir(self, workdir: SpecPath) -> bool:
-        """Write a random token locally; is it readable at the mounted path?"""
-        token = secrets.token_hex(16)
+        """Does this host see the workdir, and can it write there?
+
+        We write a random token locally and the host reads it at the mounted
+        path; the host writes another one back, which we must read here.  A
+        workdir the host sees but cannot write (mounted read-only, say) is
+        reported once, with the host's own error, and the host runs its jobs
+        in a remote directory instead (or, with ``shared_fs=True``, is not
+        used)."""
+        token, answer = secrets.token_hex(16), secrets.token_hex(16)
         name = f".xqute-fs-check-{token[:12]}"
-        local = workdir / name
+        local, back = workdir / name, workdir / f"{name}.reply"
         await fileio.write_text(local, token + "\n")
         try:
-            reply = await self.run(unshared.fs_token_check(str(self.workdir / name)))
+            reply = await self.run(
+                unshared.fs_token_check(
+                    str(self.workdir / name), str(self.workdir / back.name), answer
+                )
+            )
+            seen, write_error = unshared.parse_token_check(reply.stdout)
+            written = (await fileio.read_text(back) or "").strip()
         finally:
-            await fileio.unlink(local)
-        return reply.stdout.strip() == token
+            await fileio.unlink_many([local, back])
+        if seen != token:
+            return False
+        if write_error is None and written == answer:
+            return True
+        cause = write_error or "what it wrote did not arrive in the workdir"
+        logger.warning(
+            "%s sees the workdir %s but cannot write to it (%s): its jobs run in "
+            "a remote directory instead and their files are fetched back",
+            self.label, self.workdir, cause,
+        )
+        return False
+
+    async def check_shared_writable(self, workdir: SpecPath) -> None:
+        """``shared_fs=True``: the workdir must be writable from here."""
+        if not await self._sees_workdir(workdir):
+            raise SshError(
+                self.label,
+                f"shared_fs=True, but this host cannot see or write the workdir "
+                f"at {self.workdir} (see the warning above); fix the mount or "
+                "set shared_fs='auto'",
+            )
 
 
 class SshScheduler(Scheduler):
@@ -205,9 +251,10 @@ class SshScheduler(Scheduler):
         probe_backoff: each failed probe multiplies the wait before the next.
         probe_max_interval: the longest wait between two probes.
         lost_after: seconds a host may stay unreachable before the jobs that
-            were running there are reported lost (FAILED, naming the host);
-            also how long an outage of every host is waited out before the
-            jobs not started fail.
+            were running there are given up (see ``fencing.py`` and
+            docs/reliability.md: a job whose attempt may still be alive is
+            never started elsewhere); also how long an outage of every host
+            is waited out before the jobs not started fail.
         Any server option at this level is a default for every server.
     """
 
@@ -285,6 +332,8 @@ class SshScheduler(Scheduler):
         self._slot_freed = asyncio.Event()
         self._hopeless_said = False
         self._unreachable_since: dict[str, float] = {}
+        self._reported_alive: set[str] = set()
+        self.fence = Fence(lost_after)
 
     def __repr__(self) -> str:
         hosts = ", ".join(self.hosts)
@@ -384,6 +433,8 @@ class SshScheduler(Scheduler):
             spec.job_metadir = host.job_dir(job.index)
         if spec.cwd == old_job_dir:  # staging jobs run in their job dir
             spec.cwd = spec.job_metadir
+        if host.shared:
+            spec.heartbeat = self.fence.heartbeat_interval
         return render(spec)
 
     async def _stage_in(self, job: Job, host: _Host) -> None:
@@ -403,7 +454,9 @@ class SshScheduler(Scheduler):
                     await sftp.makedirs(parent, exist_ok=True)
                     await sftp.put(str(item.source), dest, recurse=True, preserve=True)
         except (OSError, asyncssh.Error) as exc:
-            raise JobSubmissionError(f"{host.label}: stage_in failed: {exc}") from exc
+            raise JobSubmissionError(
+                f"{host.label}: stage_in failed: {_sftp_hint(exc)}"
+            ) from exc
 
     async def _stage_out_remote(self, job: Job, host: _Host, job_dir: str) -> list[str]:
         errors = []
@@ -420,7 +473,7 @@ class SshScheduler(Scheduler):
                         continue
                     await sftp.get(src, str(dst), recurse=True, preserve=True)
         except (OSError, asyncssh.Error, SshError) as exc:
-            errors.append(f"stage_out from {host.label} failed: {exc}")
+            errors.append(f"stage_out from {host.label} failed: {_sftp_hint(exc)}")
         return errors
 
     async def stage_job_out(self, job: Job) -> list[str]:
@@ -543,6 +596,10 @@ class SshScheduler(Scheduler):
                 return f"{host.name}:{pid}:{start}"
             await asyncio.sleep(0.1)
         return None
+
+    def launch_may_be_in_flight(self, job: Job, record: AttemptRecord) -> bool:
+        # "<server>:" is written just before the launch request goes out.
+        return bool(record.jid and record.jid.endswith(":") and not record.started)
 
     async def recover_jid(self, job: Job, jid: str | None) -> str | None:
         if jid and jid.endswith(":") and jid[:-1] in self.hosts:
@@ -679,7 +736,7 @@ class SshScheduler(Scheduler):
                 await fileio.to_thread(
                     _write_outputs, job, fetched.stdout, fetched.stderr
                 )
-        except (SshError, OSError) as exc:
+        except (SshError, OSError, asyncssh.Error) as exc:
             logger.warning(
                 "job %s: cannot fetch its files from %s: %s", job.index, host.label, exc
             )
@@ -696,22 +753,49 @@ class SshScheduler(Scheduler):
         return status
 
     async def _stream_outputs(self, job: Job, host: _Host, job_dir: str) -> None:
-        """Large outputs: SFTP straight into the local files, in chunks (a
-        cloud workdir: into a temporary file first, then uploaded)."""
-        async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
-            for name, dest in (
-                ("job.stdout", job.stdout_file),
-                ("job.stderr", job.stderr_file),
-            ):
-                if not await sftp.exists(f"{job_dir}/{name}"):
-                    continue
-                if not dest.is_cloud:
-                    await sftp.get(f"{job_dir}/{name}", str(dest))
-                    continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = Path(tmp) / name
-                    await sftp.get(f"{job_dir}/{name}", str(local))
-                    await fileio.to_thread(fileio.upload_sync, local, dest)
+        """Large outputs: copied in chunks straight into the local files,
+        never whole in memory (a cloud workdir: into a temporary file first,
+        then uploaded).  No SFTP, so hosts without an SFTP subsystem work
+        too."""
+        for name, dest in (
+            ("job.stdout", job.stdout_file),
+            ("job.stderr", job.stderr_file),
+        ):
+            src = f"{job_dir}/{name}"
+            if not dest.is_cloud:
+                await self._cat_into(host, src, Path(str(dest.path)))
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / name
+                await self._cat_into(host, src, local)
+                await fileio.to_thread(fileio.upload_sync, local, dest)
+
+    async def _cat_into(self, host: _Host, src: str, dest: Path) -> None:
+        """Copy a remote file into ``dest``, one chunk per round trip over
+        the control session (``unshared.read_chunk``): memory stays bounded
+        by the chunk, and neither SFTP nor another channel is needed.
+
+        (asyncssh's exec-channel streams were tried first: under a slow
+        reader their receive buffer grew without bound, ~50 MB for 100 MB.)
+        """
+        out = await fileio.to_thread(open, dest, "wb")
+        try:
+            offset = 0
+            while True:
+                snippet, mark = unshared.read_chunk(src, offset)
+                reply = await host.run(snippet)
+                data = unshared.parse_chunk(reply.stdout, mark)
+                if data is None:
+                    raise SshError(
+                        host.label, f"could not read {src} at byte {offset}"
+                    )
+                if data:
+                    await fileio.to_thread(out.write, data)
+                offset += len(data)
+                if len(data) < unshared.CHUNK:
+                    return
+        finally:
+            await fileio.to_thread(out.close)
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
         """One round trip per host for all of its active jobs."""
@@ -733,16 +817,12 @@ class SshScheduler(Scheduler):
                     remote.dead_among([(pid, start) for _, _, pid, start in items])
                 )
             except SshError as exc:
-                since = self._unreachable_since.setdefault(name, time.monotonic())
-                if time.monotonic() - since >= self.lost_after:
-                    for i, job, _, _ in items:
-                        result[i] = True
-                        job.extra["lost_reason"] = (
-                            f"host {host.label} has been unreachable for "
-                            f"{self.lost_after:.0f}s ({exc}); the job is lost"
-                        )
+                await self._fence_unreachable(host, items, result, exc)
                 return
-            self._unreachable_since.pop(name, None)
+            if self._unreachable_since.pop(name, None) is not None:
+                logger.warning("%s answers again", host.label)
+            for _, job, _, _ in items:
+                self.fence.forget(job.index)
             dead = remote.parse_pids(reply.stdout)
             for i, job, pid, _ in items:
                 if pid in dead:
@@ -757,6 +837,57 @@ class SshScheduler(Scheduler):
             for name, items in by_host.items():
                 tg.create_task(check(name, items))
         return result
+
+    async def _fence_unreachable(
+        self,
+        host: _Host,
+        items: list[tuple[int, Job, int, int]],
+        result: list[bool],
+        exc: SshError,
+    ) -> None:
+        """Jobs of a host that did not answer: which may be given up now
+        (fencing.py says why a job is never started elsewhere while its
+        attempt may be alive)."""
+        now = time.monotonic()
+        since = self._unreachable_since.setdefault(host.name, now)
+        away = now - since
+        beats = (
+            await fileio.to_thread(_heartbeats, [j for _, j, _, _ in items])
+            if host.shared
+            else {}
+        )
+        waiting_alive = 0
+        for i, job, _, _ in items:
+            verdict = self.fence.verdict(job.index, beats.get(job.index), away, now)
+            if verdict == Verdict.WAIT:
+                if away >= self.lost_after:
+                    waiting_alive += 1
+                continue
+            result[i] = True
+            self.fence.forget(job.index)
+            if verdict == Verdict.DEAD:
+                job.extra["lost_reason"] = (
+                    f"host {host.label} has been unreachable for {away:.0f}s "
+                    f"({exc}) and the job's heartbeat has not changed for "
+                    f"{self.fence.lease:.0f}s: taken as dead"
+                )
+            else:
+                job.extra["fenced"] = (
+                    f"its attempt may still run on {host.label}, unreachable for "
+                    f"{away:.0f}s"
+                )
+                job.extra["lost_reason"] = (
+                    f"host {host.label} has been unreachable for {away:.0f}s "
+                    f"({exc}); the job is given up, but its attempt may still run "
+                    "there, so it is not started elsewhere and its files are left "
+                    "for a later run on this workdir to settle"
+                )
+        if waiting_alive and host.name not in self._reported_alive:
+            self._reported_alive.add(host.name)
+            logger.warning(
+                "%s has been unreachable for %.0fs, but the heartbeats of %d of its "
+                "jobs go on: waiting for them", host.label, away, waiting_alive,
+            )
 
     def _raise_if_cut_off(self, host: _Host, more: str = "") -> None:
         """A host that is down with no connection open: say so at once
@@ -799,6 +930,35 @@ class SshScheduler(Scheduler):
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
+
+
+def _sftp_hint(exc: BaseException) -> str:
+    """An SFTP failure, saying what to do when the subsystem is missing."""
+    if isinstance(exc, asyncssh.ChannelOpenError | asyncssh.ProcessError) or (
+        "subsystem" in str(exc).lower() or "session request failed" in str(exc).lower()
+    ):
+        return (
+            f"{exc}: staging files to or from a host without the workdir needs "
+            "the host's SFTP subsystem ('Subsystem sftp ...' in its sshd_config), "
+            "which it does not seem to offer; enable it, or run the job on a "
+            "host that shares the workdir"
+        )
+    return str(exc)
+
+
+def _heartbeats(jobs: Sequence[Job]) -> dict[int, int]:
+    """The mtime of each job's job.pid (shared workdir): the heartbeat its
+    wrapper touches.
+
+    Blocking but cheap (a stat per job of a host that stopped answering,
+    once per recheck)."""
+    out: dict[int, int] = {}
+    for job in jobs:
+        try:
+            out[job.index] = os.stat(str(job.metadir.path / "job.pid")).st_mtime_ns
+        except (OSError, TypeError):
+            continue
+    return out
 
 
 def _write_outputs(job: Job, stdout: bytes, stderr: bytes) -> None:

@@ -3,8 +3,9 @@
 The wrapper travels with the launch request (base64, one round trip);
 statuses of all active jobs of a host are read in one round trip per poll;
 when a job ends its rc, stdout and stderr come back into the local metadir:
-in the same round trip as the end is noticed when they are small, streamed
-over SFTP when they are large (never whole in memory).  The remote job
+in the same round trip as the end is noticed when they are small, in 1 MiB
+chunks over the same control session when they are large (never whole in
+memory, and no SFTP subsystem needed).  The remote job
 directory is removed after a successful fetch unless ``keep_remote``.
 """
 
@@ -26,6 +27,9 @@ _q = shlex.quote
 #: Outputs up to this size come back inside the status round trip.
 SMALL_OUTPUT = 1 << 20
 
+#: Larger outputs come back in chunks of this size, one round trip each.
+CHUNK = 1 << 20
+
 FILES = ("job.pid", "job.stdout", "job.stderr", "job.status", "job.rc")
 
 
@@ -35,9 +39,28 @@ def default_remote_workdir(home: str, workdir: str) -> PurePosixPath:
     return PurePosixPath(home or "/tmp") / ".cache" / "xqute-ssh" / key[:16]
 
 
-def fs_token_check(mounted_token: str) -> str:
-    """Print the token file's content as the host sees it (empty if unseen)."""
-    return f"cat -- {_q(mounted_token)} 2>/dev/null; echo"
+def fs_token_check(mounted_token: str, mounted_reply: str, reply: str) -> str:
+    """Print the token file's content as the host sees it (empty if unseen),
+    then write ``reply`` into ``mounted_reply`` and say whether that worked
+    ("xq-write-ok", or "xq-write-failed" and the shell's error): a workdir
+    the host can read but not write is found here, before jobs go there."""
+    return (
+        f"cat -- {_q(mounted_token)} 2>/dev/null; echo; "
+        f"if xq_err=$( {{ printf '%s\\n' {_q(reply)} > {_q(mounted_reply)}; }} 2>&1 ); "
+        'then echo xq-write-ok; else echo "xq-write-failed $xq_err"; fi'
+    )
+
+
+def parse_token_check(text: str) -> tuple[str, str | None]:
+    """(the token the host read, None if it could write or the error)."""
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    for line in lines[1:]:
+        if line.startswith("xq-write-ok"):
+            return token, None
+        if line.startswith("xq-write-failed"):
+            return token, line[len("xq-write-failed") :].strip() or "write failed"
+    return token, "no answer to the write test"
 
 
 def launch(job_dir: str, script: str) -> str:
@@ -128,3 +151,26 @@ def parse_fetch(text: str, mark: str) -> Fetched | None:
     if len(data) != size_out + size_err:
         return None  # still being written: try again next cycle
     return Fetched(rc=rc, stdout=data[:size_out], stderr=data[size_out:])
+
+
+def read_chunk(path: str, offset: int, size: int = CHUNK) -> tuple[str, str]:
+    """Print a nonce line, then up to ``size`` bytes of ``path`` from
+    ``offset`` (``tail -c +N`` seeks in a regular file); "xq-missing" in
+    place of the nonce when the file cannot be read."""
+    mark = "xq-" + secrets.token_hex(16)
+    p = _q(path)
+    snippet = (
+        f"if [ -r {p} ]; then printf '%s\\n' {mark}; "
+        f"tail -c +{int(offset) + 1} -- {p} | head -c {int(size)}; "
+        "else echo xq-missing; fi"
+    )
+    return snippet, mark
+
+
+def parse_chunk(text: str, mark: str) -> bytes | None:
+    """The chunk's bytes; None when the file could not be read."""
+    _, sep, rest = text.partition(mark + "\n")
+    if not sep:
+        return None
+    return rest.encode("utf-8", "surrogateescape")
+
