@@ -499,3 +499,21 @@ async def test_a_wrapper_that_dies_at_once_fails_the_job_saying_why(
     # and ours: the wrapper exited (or, if a recheck saw it first, the
     # process is gone) without a final status
     assert "without writing a final status" in err or "never wrote a final status" in err
+
+
+class WritesJid:
+    name = "writes-jid"
+
+    @plugin.impl
+    async def on_job_init(scheduler: Any, job: Job) -> None:
+        await job.jid_file.a_write_text("-1")  # as xqute's own test plugins do
+
+
+async def test_a_job_id_a_plugin_wrote_before_submission_is_no_attempt(
+    tmp_path: Path,
+) -> None:
+    xq = Xqute(workdir=tmp_path, plugins=[WritesJid])
+    job = await xq.feed(["echo", "ran"])
+    await run(xq)
+    assert job.status == JobStatus.FINISHED and await job.get_rc() == 0
+    assert read(job.stdout_file.path) == "ran\n"

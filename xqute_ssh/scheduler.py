@@ -448,6 +448,11 @@ class Scheduler(ABC):
             return True
         if not self.resume or record.same_command is False or record.killed:
             return False
+        if record.status is None:
+            # A job id, no process, and no status at all: no attempt ever ran
+            # here (each writes SUBMITTED before it starts); a job.jid that a
+            # plugin wrote is not one.
+            return False
         try:
             ended = await self.ended_unobserved(job)
         except Exception as exc:
