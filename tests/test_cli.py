@@ -79,7 +79,7 @@ def plain_lines(out: str) -> dict[int, tuple[str, str, str]]:
 # ------------------------------------------------------------ exit status
 def test_all_succeed_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("run", "-w", tmp_path / "wd", "--", "true") == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert plain_lines(out) == {0: ("FINISHED", "0", "local")}
     assert out.splitlines()[-1].startswith("1 job: 1 finished, 0 failed")
 
@@ -102,7 +102,7 @@ def test_a_failure_exits_1_and_is_summarised(
         "_",
     )
     assert code == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = plain_lines(out)
     assert lines[1] == ("FAILED", "3", "local")
     assert lines[0][0] == lines[2][0] == "FINISHED"
@@ -118,14 +118,24 @@ def test_command_not_found_is_a_job_failure_not_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli("run", "-w", tmp_path, "--", "no-such-program-xq") == 1
-    assert plain_lines(capsys.readouterr().out)[0] == ("FAILED", "127", "local")
+    err = capsys.readouterr().err
+    assert plain_lines(err)[0] == ("FAILED", "127", "local")
+    # said as a shell prompt says it: no wrapper path, no line number
+    assert (tmp_path / "0" / "job.stderr").read_text() == "no-such-program-xq: command not found\n"
+    assert "job.wrapped" not in err and "line " not in err
+    assert cli("run", "-w", tmp_path / "w2", "--", "./no-such-script", "x") == 1
+    text = (tmp_path / "w2" / "0" / "job.stderr").read_text()
+    assert text == "./no-such-script: No such file or directory\n"
+    assert cli("run", "-w", tmp_path / "w3", "--", str(tmp_path)) == 1
+    assert "Permission denied" in (tmp_path / "w3" / "0" / "job.stderr").read_text()
+    assert "rc=126" in capsys.readouterr().err
 
 
 def test_empty_arg_file_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = tmp_path / "args"
     args.write_bytes(b"")
     assert cli("run", "-w", tmp_path / "wd", "-a", args, "--", "echo") == 0
-    assert "0 jobs: 0 finished" in capsys.readouterr().out
+    assert "0 jobs: 0 finished" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------- usage errors
@@ -348,14 +358,14 @@ def test_halt_stops_at_the_first_failure(
     jobs = tmp_path / "jobs"
     jobs.write_text("exit 5\n" + "true\n" * 5)
     assert cli("run", "-w", tmp_path / "wd", "-j", "1", "--halt", "-f", jobs) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert plain_lines(out) == {0: ("FAILED", "5", "local")}
     assert "6 jobs: 0 finished, 1 failed, 0 skipped, 5 not run" in out
 
 
 def test_timeout_kills_the_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("run", "-w", tmp_path / "wd", "--timeout", "0.5", "--", "sleep", "30") == 1
-    assert plain_lines(capsys.readouterr().out)[0] == ("FAILED", "124", "local")
+    assert plain_lines(capsys.readouterr().err)[0] == ("FAILED", "124", "local")
 
 
 # ------------------------------------------------------------------ resume
@@ -380,7 +390,7 @@ def test_resume_skips_jobs_that_finished(
     capsys.readouterr()
 
     assert cli("run", "-w", wd, "-a", args, "--resume", *cmd) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     ran = {p.name: p.read_text().count("ran") for p in counts.iterdir()}
     assert ran == {"a": 1, "bad": 1, "c": 1}  # nothing that ran runs again
     lines = plain_lines(out)
@@ -430,7 +440,9 @@ def test_status_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     jobs = tmp_path / "jobs"
     jobs.write_text("sleep 0.2\nexit 3\n")
     assert cli("run", "-w", wd, "-f", jobs) == 1
-    (wd / "7").mkdir()  # a job fed but never submitted
+    # as a workdir of the Python API (no run file): a job fed, never submitted
+    (wd / ".xqute-ssh-run.json").unlink()
+    (wd / "7").mkdir()
     capsys.readouterr()
     assert cli("status", wd, "--json") == 0
     records = json.loads(capsys.readouterr().out)
@@ -457,13 +469,30 @@ def test_status_plain_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli("run", "-w", wd, "--", "echo", "a b") == 0
     capsys.readouterr()
     assert cli("status", wd) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err == "1 job: 1 finished\n"  # the counts, apart from the TSV
     rows = [line.split("\t") for line in out.splitlines()]
     assert rows[0] == ["index", "status", "host", "rc", "duration", "command"]
     assert rows[1][:4] == ["0", "FINISHED", "local", "0"]
     assert rows[1][5] == "echo 'a b'"
-    assert rows[-1] == ["1 job: 1 finished"]
+    assert all(len(row) == 6 for row in rows)  # pure TSV on stdout
     assert not ANSI.search(out)
+
+
+def test_status_shows_this_runs_jobs_not_an_earlier_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wd = tmp_path / "wd"
+    assert cli("run", "-w", wd, "echo", ":::", "a", "b", "c", "d") == 0
+    assert cli("run", "-w", wd, "echo", ":::", "x") == 0  # the same workdir, fewer jobs
+    capsys.readouterr()
+    assert cli("status", wd) == 0
+    captured = capsys.readouterr()
+    rows = [line.split("\t") for line in captured.out.splitlines()]
+    assert [r[0] for r in rows[1:]] == ["0"] and rows[1][5] == "echo x"
+    assert "1 job: 1 finished" in captured.err
+    assert "3 job directories from an earlier, larger run" in captured.err
 
 
 def test_status_of_a_missing_workdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -494,7 +523,9 @@ def test_plain_output_has_one_line_per_job_and_no_ansi(
     jobs.write_text("true\nexit 2\ntrue\n")
     assert cli("run", "-w", tmp_path / "wd", "-f", jobs) == 1
     captured = capsys.readouterr()
-    assert plain_lines(captured.out) == {
+    # stdout carries only the jobs' output (here none); our report is on stderr
+    assert captured.out == ""
+    assert plain_lines(captured.err) == {
         0: ("FINISHED", "0", "local"),
         1: ("FAILED", "2", "local"),
         2: ("FINISHED", "0", "local"),
@@ -509,9 +540,9 @@ def test_quiet_prints_only_the_summary_line(
     jobs.write_text("true\nexit 2\n")
     assert cli("run", "-q", "-w", tmp_path / "wd", "-f", jobs) == 1
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == [captured.out.splitlines()[0]]
-    assert captured.out.startswith("2 jobs: 1 finished, 1 failed, 0 skipped, 0 not run (")
-    assert captured.err == ""
+    assert captured.err.splitlines() == [captured.err.splitlines()[0]]
+    assert captured.err.startswith("2 jobs: 1 finished, 1 failed, 0 skipped, 0 not run (")
+    assert captured.out == ""
 
 
 def test_tally_bookkeeping() -> None:
@@ -593,11 +624,12 @@ def test_python_m_exit_status_and_no_ansi(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
-    assert plain_lines(proc.stdout) == {
+    assert plain_lines(proc.stderr) == {
         0: ("FINISHED", "0", "local"),
         1: ("FAILED", "4", "local"),
     }
-    assert "oops" in proc.stdout  # the summary shows stderr's last line
+    assert proc.stdout == "fine\n"  # the jobs' own output, nothing else
+    assert "oops" in proc.stderr  # the job's stderr, and the summary's last line
     assert "job 1 failed" in proc.stderr  # -v: the engine's INFO log
     assert not ANSI.search(proc.stdout + proc.stderr)
 
@@ -650,7 +682,41 @@ def test_ctrl_c_exits_130_and_leaves_no_job_running(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert "interrupted by SIGINT" in out
-    assert plain_lines(out)[0][0] == "KILLED"
+    assert out == ""  # the job printed nothing; our report is on stderr
+    assert "interrupted by SIGINT" in err
+    assert plain_lines(err)[0][0] == "KILLED"
     assert "Traceback" not in err
     assert pids_with(marker) == []
+
+
+# ------------------------------------------------------------------ logs
+def test_log_records_said_once_and_on_one_line() -> None:
+    import logging
+
+    from xqute_ssh.cli.logs import OneLineFormatter, SaidOnce
+
+    once = SaidOnce()
+    cause = "root@h:22: host key unknown: not in kh; add it with: ssh-keyscan h >> kh"
+
+    def rec(msg: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("xqute_ssh", level, __file__, 1, msg, None, None)
+
+    assert once.filter(rec(cause))
+    assert not once.filter(rec(f"job 2: {cause}; trying another host"))
+    assert not once.filter(rec(f"job 3: submission failed: {cause}"))
+    assert not once.filter(rec(cause))
+    assert once.filter(rec("job 4: its processes on h1 outlived the kill"))
+    assert once.filter(rec(cause, logging.INFO))  # -v shows everything
+    assert once.dropped == 3
+    text = OneLineFormatter("%(levelname)s %(message)s").format(rec("two\nlines\n"))
+    assert text == "WARNING two | lines"
+
+
+def test_mistyped_flags_and_commands_get_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("run", "--retires", "2", "--", "true") == 2
+    err = capsys.readouterr().err
+    assert "--retires (did you mean --retries?)" in err and "xqute-ssh run" in err
+    assert cli("rnu", "--", "true") == 2
+    assert "did you mean 'run'?" in capsys.readouterr().err
+    assert cli("status", "--jsn") == 2
+    assert "did you mean --json?" in capsys.readouterr().err

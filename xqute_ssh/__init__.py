@@ -1,13 +1,20 @@
 """xqute_ssh: run batches of shell jobs on SSH hosts (or this machine).
 
 Importing the package has no side effects: no event-loop policy, no signal
-handlers, no plugins loaded.
+handlers, no plugins loaded.  One warnings filter is added: cryptography's
+deprecation warnings raised inside asyncssh are ignored (see ``_warnings``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._warnings import quiet_asyncssh_crypto_warnings
+
+quiet_asyncssh_crypto_warnings()
+
+# The filter must be in place before anything imports asyncssh.
+# ruff: noqa: E402
 from .errors import (
     ConfigError,
     JobSubmissionError,
@@ -21,6 +28,7 @@ from .errors import (
     XquteError,
 )
 from .job import Job
+from .outcome import RunOutcome
 from .path import SpecPath
 from .plugin import plugin
 from .scheduler import Scheduler
@@ -41,6 +49,7 @@ __all__ = [
     "JobStatus",
     "JobSubmissionError",
     "LocalScheduler",
+    "RunOutcome",
     "Scheduler",
     "SpecPath",
     "SshAuthError",

@@ -100,3 +100,8 @@ class RemoteCommandError(SshError):
         self.returncode = returncode
         self.stderr = stderr
         super().__init__(host, message)
+
+
+class SftpUnavailable(SshError):
+    """The host has no SFTP server (no ``Subsystem sftp``; Dropbear without
+    OpenSSH's sftp-server), so files cannot be copied to or from it."""

@@ -20,12 +20,19 @@ MountedPath = PurePosixPath | CloudPath
 
 
 def as_path(value: str | os.PathLike[str] | CloudPath) -> AnyPathLike:
-    """A local ``Path`` or a ``CloudPath`` for a string such as ``s3://b/k``."""
-    if isinstance(value, CloudPath | Path):
+    """A local ``Path`` or a ``CloudPath`` for a string such as ``s3://b/k``.
+
+    A relative local path is made absolute here, on the controller: a host
+    that is given it would resolve it against its own login directory (the
+    remote home), which is not what the user meant.
+    """
+    if isinstance(value, CloudPath):
         return value
+    if isinstance(value, Path):
+        return value.expanduser().absolute()
     path = AnyPath(str(value))
     if isinstance(path, Path):
-        return path.expanduser()
+        return path.expanduser().absolute()
     return path
 
 

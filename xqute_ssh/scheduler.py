@@ -25,9 +25,10 @@ from . import attempt, fileio, staging
 from .attempt import Action, AttemptRecord
 from .errors import ConfigError, JobSubmissionError, WorkdirError
 from .job import Job, normalize_envs
+from .outcome import FINAL_FAILURE, failure_line
 from .path import SpecPath
 from .plugin import plugin
-from .status import JobErrorStrategy, JobStatus, is_legal
+from .status import KILLED_RC, JobErrorStrategy, JobStatus, is_legal
 from .wrapper import WrapperSpec, render
 
 logger = logging.getLogger("xqute_ssh")
@@ -54,7 +55,9 @@ class Scheduler(ABC):
         submission_batch: how many submissions may be in flight at once.
         recheck_interval: every how many poll cycles to check that active jobs'
             processes are still alive (``job_fails_before_running``).
-        cwd: the directory jobs run in (default: wherever the backend starts them).
+        cwd: the directory jobs run in (default: wherever the backend starts
+            them: the controller's directory for local jobs, the login's home
+            on SSH hosts).  A relative cwd is made absolute on the controller.
         timeout: seconds after which a job is killed (0: never); it then ends
             FAILED with rc 124.
         mounted_workdir: the workdir as the job's host sees it.
@@ -125,7 +128,11 @@ class Scheduler(ABC):
         # many at once so short jobs keep every slot busy.
         self.submission_batch = submission_batch or min(forks, 64)
         self.recheck_interval = max(1, int(recheck_interval))
-        self.cwd = None if cwd is None else str(cwd)
+        # Relative: to the controller's directory, as the user meant it (a
+        # host would take it relative to its login's home).
+        self.cwd: str | None = (
+            os.path.abspath(os.path.expanduser(cwd)) if cwd else None
+        )
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
         self.kill_grace = float(kill_grace)
@@ -345,7 +352,8 @@ class Scheduler(ABC):
 
     async def _fail_finally(self, job: Job) -> None:
         """A failure that is final: hooks, then halt if the strategy says so."""
-        logger.info("job %s failed", job.index)
+        # WARNING with the cause: a script's user must not have to dig.
+        logger.warning(await failure_line(job, self.name), extra={FINAL_FAILURE: True})
         await plugin.hooks.on_job_failed(self, job)
         if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
             logger.error(
@@ -638,18 +646,24 @@ class Scheduler(ABC):
         except Exception as exc:
             error = f"xqute: could not kill the job: {exc}"
             logger.error("job %s: %s", job.index, error)
-        # The job may have ended by itself meanwhile; keep what it wrote.
+        # The job may have finished by itself meanwhile; keep that.  Any other
+        # end is recorded the same way, whichever way the kill went (the job
+        # died of TERM: 143; trapped it and exited: its code; needed KILL: no
+        # rc at all): FAILED with rc KILLED_RC, so run and status agree.
         written = JobStatus.parse(await fileio.read_text(job.status_file) or "")
-        if written is not None and written.is_terminal:
-            if written == JobStatus.FINISHED:  # it succeeded on its own
-                with contextlib.suppress(OSError):
-                    await fileio.unlink(job.metadir / attempt.KILLED_FILE)
+        if written == JobStatus.FINISHED:  # it succeeded on its own
+            with contextlib.suppress(OSError):
+                await fileio.unlink(job.metadir / attempt.KILLED_FILE)
             await self.transition_job_status(job, written, is_killed=True)
+        elif written is not None and written.is_terminal:
+            await self.transition_job_status(
+                job, written, rc=KILLED_RC, is_killed=True, persist=True
+            )
         else:
             await self.transition_job_status(
                 job,
                 JobStatus.FAILED,
-                rc=-15,
+                rc=KILLED_RC,
                 error_msg=error or "xqute: job killed",
                 is_killed=True,
                 persist=True,

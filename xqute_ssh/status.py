@@ -43,6 +43,13 @@ class JobStatus(IntEnum):
             return None
 
 
+#: The rc recorded for a job that we killed (Ctrl-C, a halt, ``kill_job``)
+#: and that did not finish by itself first: minus the signal, SIGTERM, as
+#: Python's subprocess reports a signal death.  ``status`` shows such a
+#: FAILED job as KILLED, like ``run`` does.  (A timeout is rc 124.)
+KILLED_RC = -15
+
+
 class JobErrorStrategy(StrEnum):
     """What to do when a job fails."""
 

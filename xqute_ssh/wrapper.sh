@@ -159,6 +159,17 @@ fi
 # Killed before the command even started: do not start it.
 [ -n "$xq_killed" ] && { xq_rc=143; exit 143; }
 
+# A missing program is reported as a shell prompt would ("cmd: command not
+# found"), not with this script's path and line number.
+command_not_found_handle() { printf '%s: command not found\n' "$1" >&2; return 127; }
+case ${XQ_CMD[0]} in */*)
+    if [ ! -e "${XQ_CMD[0]}" ]; then
+        printf '%s: No such file or directory\n' "${XQ_CMD[0]}" >&2; xq_rc=127; exit 127
+    elif [ -d "${XQ_CMD[0]}" ] || [ ! -x "${XQ_CMD[0]}" ]; then
+        printf '%s: Permission denied (not an executable file)\n' "${XQ_CMD[0]}" >&2; xq_rc=126; exit 126
+    fi ;;
+esac
+
 "${XQ_CMD[@]}" &
 xq_pid=$!
 # A signal for the group that landed between the check above and the fork

@@ -25,11 +25,12 @@ import logging
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from . import fileio, staging
 from .errors import ConfigError, WorkdirError
 from .job import Job, normalize_cmd, normalize_envs
+from .outcome import RunOutcome
 from .path import SpecPath
 from .plugin import load_entrypoint_plugins, plugin
 from .scheduler import Scheduler
@@ -115,6 +116,8 @@ class Xqute:
         self._polling_counter = 0
         self._n_ended = 0
         self._in_plugin_ctx = False
+        #: the signal that stopped the run (SIGINT, SIGTERM), if one did
+        self.stopped_by: signal.Signals | None = None
 
     def __repr__(self) -> str:
         return (
@@ -236,30 +239,47 @@ class Xqute:
             pass
 
     # ------------------------------------------------------------------ run
-    async def run_until_complete(self, keep_feeding: bool = False) -> None:
+    @overload
+    async def run_until_complete(self, keep_feeding: Literal[False] = False) -> RunOutcome: ...
+
+    @overload
+    async def run_until_complete(self, keep_feeding: Literal[True]) -> None: ...
+
+    @overload
+    async def run_until_complete(self, keep_feeding: bool) -> RunOutcome | None: ...
+
+    async def run_until_complete(self, keep_feeding: bool = False) -> RunOutcome | None:
         """Run until every fed job has ended (or the run halts / is stopped).
 
-        With ``keep_feeding`` the run starts in the background and this
-        returns at once: feed more, then ``await stop_feeding()``.
+        Returns how the jobs ended (:class:`RunOutcome`: ``ok``, ``failed``,
+        ``exit_code``), so a script can exit non-zero when some failed.  With
+        ``keep_feeding`` the run starts in the background and this returns
+        None at once: feed more, then ``await stop_feeding()``, which returns
+        the outcome.
         """
         if self._run_task is not None:
             raise RuntimeError("this Xqute is already running")
         if keep_feeding:
             self._keep_feeding = True
             self._run_task = asyncio.create_task(self._run())
-            return
+            return None
         self._feeding = False
         self._run_task = asyncio.create_task(self._run())
         await self._wait_run()
+        return self.outcome()
 
-    async def stop_feeding(self) -> None:
-        """Say that no more jobs come, then wait for the run to complete."""
+    async def stop_feeding(self) -> RunOutcome:
+        """Say that no more jobs come, wait for the run to complete, return how it went."""
         self._feeding = False
         self.scheduler.wakeup.set()
         if self._run_task is None:
-            await self.run_until_complete()
-        else:
-            await self._wait_run()
+            return await self.run_until_complete()
+        await self._wait_run()
+        return self.outcome()
+
+    def outcome(self) -> RunOutcome:
+        """How the fed jobs stand now (final once the run has completed)."""
+        return RunOutcome.of(self.jobs, self.stopped_by)
 
     async def _wait_run(self) -> None:
         assert self._run_task is not None
@@ -301,6 +321,7 @@ class Xqute:
                     got, self._signal = self._signal, None
                     self._cancel_requested = False
                     if await plugin.hooks.on_shutdown(self, got) is not False:
+                        self.stopped_by = got
                         await self._stop_everything()
                         break
                     logger.warning(

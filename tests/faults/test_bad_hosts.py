@@ -352,8 +352,9 @@ def test_cli_ctrl_c_with_a_refused_host_then_a_second_forces_exit(sshd_cluster,
     assert "connection refused" in both
     status = subprocess.run([sys.executable, "-m", "xqute_ssh", "status", str(wd)],
                             capture_output=True, text=True, env=env, timeout=60)
+    # on stderr: stdout is pure TSV (issue 14)
     assert re.search(r"host dead \(\S+\): down since [\d:]+: connection refused",
-                     status.stdout), status.stdout
+                     status.stderr), status.stderr
 
     wd = tmp_path / "wd-stubborn"
     proc = start(wd, "bash", "-c", "trap '' TERM; sleep 60")

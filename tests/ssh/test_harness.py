@@ -105,6 +105,17 @@ async def test_user_config_lines_replace_defaults(sshd_cluster_factory: Factory)
     assert "debug1:" in host.log_text()
 
 
+def test_config_uses_keywords_every_openssh_knows(sshd_cluster_factory: Factory) -> None:
+    # OpenSSH < 8.7 (Debian bullseye) exits on "KbdInteractiveAuthentication";
+    # every version takes the old name for the same option.
+    config = sshd_cluster_factory(n=1).hosts[0].config_file.read_text()
+    assert "ChallengeResponseAuthentication no" in config
+    assert "KbdInteractive" not in config
+    mine = ("KbdInteractiveAuthentication no",)  # a user's line replaces ours, either name
+    config = sshd_cluster_factory(n=1, sshd_config=mine).hosts[0].config_file.read_text()
+    assert "ChallengeResponse" not in config
+
+
 def test_misuse_is_reported(sshd_host: SshdHost, tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="ListenAddress"):
         SshCluster(tmp_path, 1, sshd_config=("ListenAddress 0.0.0.0",))

@@ -17,7 +17,13 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, XquteError
-from .args import UsageError, build_parser
+from .args import (
+    UsageError,
+    build_parser,
+    subcommand_parser,
+    suggest_command,
+    unknown_options_message,
+)
 
 __all__ = ["UsageError", "main"]
 
@@ -25,10 +31,22 @@ __all__ = ["UsageError", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xqute-ssh`` with ``argv`` (default: ``sys.argv[1:]``)."""
     parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    hint = suggest_command(parser, args)
+    if hint is not None:
+        print(f"usage: {parser.format_usage().split(': ', 1)[-1].strip()}", file=sys.stderr)
+        print(f"xqute-ssh: error: {hint}", file=sys.stderr)
+        return 2
     try:
-        ns = parser.parse_args(argv)
+        ns, extra = parser.parse_known_args(args)
     except SystemExit as exc:  # argparse printed usage and the error, or --help
         return exc.code if isinstance(exc.code, int) else 2
+    if extra:
+        sub = subcommand_parser(parser, ns.subcommand)
+        print(sub.format_usage().rstrip(), file=sys.stderr)
+        print(f"xqute-ssh {ns.subcommand}: error: {unknown_options_message(sub, extra)}",
+              file=sys.stderr)
+        return 2
     prog = f"xqute-ssh {ns.subcommand}"
     try:
         if ns.subcommand == "run":

@@ -9,6 +9,7 @@ that must be readable, server specs, a servers file, each job's command), so
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..job import normalize_cmd
+from . import gnu
 
 #: Job slots per SSH server when neither -j nor the server's ``forks`` says.
 DEFAULT_FORKS_PER_SERVER = 8
@@ -49,15 +51,22 @@ _SERVER_RE = re.compile(
 
 RUN_EPILOG = """\
 Each job's command is an argv: every CMD/ARGS word is one argument, passed to
-the program byte for byte (no shell involved).  With -a, "{}" inside any word
-is replaced by the line; without "{}" the line is appended as the last
-argument.  For shell code, say so:   -- bash -c 'wc -c "$1"' _ {}
+the program byte for byte (no shell involved).  Input comes after ::: (values)
+or :::: (files, one value a line; -a FILE is the same); several sources run
+every combination.  GNU parallel's replacement strings work in any word:
+{} {.} {/} {//} {/.} {#} {%} and {1} {2} ... for the sources; with none, the
+values are appended.  For shell code, say so:   -- bash -c 'wc -c "$1"' _ {}
 With -f, each line of JOBSFILE is shell code run by bash.
 
+The jobs' output is printed on stdout as each job ends (-k: in input order);
+off a terminal our own report goes to stderr.
+
 examples:
+  xqute-ssh run gzip -9 ::: *.txt
+  xqute-ssh run -k --tag echo {1}-{2} ::: a b ::: 1 2
   xqute-ssh run -a files.txt -- gzip -9 {}
-  xqute-ssh run -S alice@node1 -S node2:2222 -a ids.txt -- ./train.sh --seed {}
-  xqute-ssh run --servers-file hosts.toml -f jobs.sh --retries 2
+  xqute-ssh run -S 8/alice@node1 -S node2:2222 --wd . -a ids.txt -- ./train.sh --seed {}
+  xqute-ssh run --servers-file hosts.toml -f jobs.sh --retries 2 --joblog log.tsv
   xqute-ssh status ./.xqute
 """
 
@@ -80,6 +89,13 @@ class RunPlan:
     resume: bool = False
     #: what the scheduler options came from, to name it in errors
     servers_flag: str | None = None
+    #: each job's input values joined by spaces (--tag); empty: no inputs
+    tags: list[str] = field(default_factory=list)
+    #: how job output is printed (GNU parallel's flags)
+    tag: bool = False
+    keep_order: bool = False
+    ungroup: bool = False
+    joblog: str | None = None
 
     @property
     def workdir_path(self) -> Path:
@@ -135,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        usage="xqute-ssh run [options] [-a ARGFILE | -f JOBSFILE] [-- CMD [ARGS...]]",
+        usage="xqute-ssh run [options] [-a ARGFILE | -f JOBSFILE] [--] [CMD [ARGS...]] "
+        "[::: VALUES... | :::: FILES...]...",
         help="run a batch of jobs",
         description="Run one job per line of ARGFILE or JOBSFILE, or one job.",
         epilog=RUN_EPILOG,
@@ -148,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SERVER",
-        help="an SSH host as [user@]host[:port]; repeat for more hosts (no server: this machine)",
+        help="an SSH host as [N/][user@]host[:port] (N: job slots there, as in GNU "
+        "parallel); repeat, or separate with commas, for more hosts (no server: this machine)",
     )
     where.add_argument(
         "--servers-file",
@@ -164,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs running at once, over all hosts, spread evenly over "
         "servers without forks of their own (default: the number of CPUs "
         f"here; with servers {DEFAULT_FORKS_PER_SERVER} per server)",
+    )
+    where.add_argument(
+        "--wd",
+        metavar="DIR",
+        help="the directory jobs run in (GNU parallel's name).  Default: this "
+        "directory for local jobs, the login's home on SSH hosts (as ssh and GNU "
+        "parallel do).  '--wd .' runs them in this directory, at the same path "
+        "on every host; a relative DIR is made absolute here first",
     )
     where.add_argument(
         "-w",
@@ -217,9 +243,32 @@ def build_parser() -> argparse.ArgumentParser:
         "-q",
         "--quiet",
         action="store_true",
-        help="print only errors and the final summary line",
+        help="report only errors and the final summary line (the jobs' output is still printed)",
     )
     show.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    show.add_argument(
+        "--tag",
+        action="store_true",
+        help="prefix each line of a job's output with its input values and a tab",
+    )
+    show.add_argument(
+        "-k",
+        "--keep-order",
+        action="store_true",
+        help="print the jobs' output in input order, not as they end",
+    )
+    show.add_argument(
+        "-u",
+        "--ungroup",
+        action="store_true",
+        help="print output as it comes, lines of different jobs mixed "
+        "(default: each job's output whole, once it ends)",
+    )
+    show.add_argument(
+        "--joblog",
+        metavar="FILE",
+        help="write one line per ended job to FILE in GNU parallel's format",
+    )
     run.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -252,6 +301,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------- did you mean ...?
+def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)  # pragma: no cover
+
+
+def _closest(word: str, choices: Sequence[str]) -> str | None:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def suggest_command(parser: argparse.ArgumentParser, args: Sequence[str]) -> str | None:
+    """An error with a suggestion for a mistyped subcommand (``rnu``), else None."""
+    if not args or args[0].startswith("-"):
+        return None
+    names = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    choices = list(names[0].choices) if names else []
+    if args[0] in choices:
+        return None
+    guess = _closest(args[0], choices)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return f"unknown command {args[0]!r} (choose from {', '.join(choices)}){hint}"
+
+
+def unknown_options_message(sub: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """``unrecognized argument --retires; did you mean --retries?``"""
+    options = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    parts = []
+    for word in extra:
+        flag = word.split("=", 1)[0]
+        guess = _closest(flag, options) if flag.startswith("--") else None
+        parts.append(f"{word} (did you mean {guess}?)" if guess else word)
+    noun = "argument" if len(extra) == 1 else "arguments"
+    return f"unrecognized {noun}: {', '.join(parts)}"
+
+
 # ------------------------------------------------------------- job sources
 def read_lines(path: str, flag: str) -> list[str]:
     """The lines of a file, split on newline only, decoded losslessly.
@@ -269,11 +357,9 @@ def read_lines(path: str, flag: str) -> list[str]:
     return [line.decode("utf-8", "surrogateescape") for line in lines]
 
 
-def substitute(template: Sequence[str], arg: str) -> list[str]:
-    """The argv for one ARGFILE line: ``{}`` replaced in every word, else appended."""
-    if any(PLACEHOLDER in word for word in template):
-        return [word.replace(PLACEHOLDER, arg) for word in template]
-    return [*template, arg]
+def substitute(template: Sequence[str], arg: str, seq: int = 1) -> list[str]:
+    """The argv for one ARGFILE line: replacement strings filled, else appended."""
+    return gnu.expand(template, [arg], seq)
 
 
 def _checked(cmd: str | list[str], where: str) -> str | list[str]:
@@ -286,28 +372,71 @@ def _checked(cmd: str | list[str], where: str) -> str | list[str]:
 def build_commands(
     command: Sequence[str], arg_file: str | None, jobs_file: str | None
 ) -> list[str | list[str]]:
-    """One command per job: argv lists (CMD, -a) or shell code strings (-f)."""
+    """One command per job: argv lists (CMD, -a, :::) or shell code strings (-f)."""
+    return build_jobs(command, arg_file, jobs_file)[0]
+
+
+def _sources(
+    arg_file: str | None, groups: list[tuple[str, list[str]]]
+) -> list[list[str]]:
+    sources: list[list[str]] = []
+    if arg_file is not None:
+        sources.append(read_lines(arg_file, "-a/--arg-file"))
+    for sep, words in groups:
+        if not words:
+            what = "value" if sep == gnu.ARGS_SEP else "file"
+            raise UsageError(f"{sep}: give at least one {what} after it")
+        if sep == gnu.ARGS_SEP:
+            sources.append(list(words))
+        else:
+            sources.extend(read_lines(path, f"{gnu.FILES_SEP} {path}") for path in words)
+    return sources
+
+
+def build_jobs(
+    command: Sequence[str], arg_file: str | None, jobs_file: str | None
+) -> tuple[list[str | list[str]], list[str]]:
+    """One command per job, and each job's input values joined (for --tag).
+
+    Input sources are ``-a FILE``, ``::: values`` and ``:::: FILES``; with
+    several, every combination runs (see :mod:`.gnu`).  Without CMD, each
+    combination is shell code (GNU parallel's ``parallel ::: 'cmd 1' 'cmd 2'``).
+    """
+    template, groups = gnu.split_sources(command)
     if jobs_file is not None:
-        if command:
+        if template or groups:
             raise UsageError(
                 "-f/--jobs-file: each line of JOBSFILE is a whole job; "
-                f"give no CMD after -- (got {' '.join(command)!r})"
+                f"give no CMD or ::: after -- (got {' '.join(command)!r})"
             )
         jobs: list[str | list[str]] = []
         for n, line in enumerate(read_lines(jobs_file, "-f/--jobs-file"), 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 jobs.append(_checked(line, f"-f/--jobs-file line {n}"))
-        return jobs
-    if not command:
+        return jobs, []
+    sources = _sources(arg_file, groups)
+    if not template and not sources:
         raise UsageError(
-            "no command: give one after --, e.g. `xqute-ssh run -- echo hi`, or a jobs file with -f"
+            "no command: give one after --, e.g. `xqute-ssh run -- echo hi`, "
+            "input after ::: (`xqute-ssh run echo ::: a b`), or a jobs file with -f"
         )
-    if arg_file is None:
-        return [_checked(list(command), "CMD")]
-    return [
-        _checked(substitute(command, line), f"-a/--arg-file line {n}")
-        for n, line in enumerate(read_lines(arg_file, "-a/--arg-file"), 1)
-    ]
+    if not sources:
+        return [_checked(list(template), "CMD")], []
+    try:
+        gnu.check_template(template, len(sources))
+    except gnu.SourceError as exc:
+        raise UsageError(f"CMD: {exc}") from None
+    commands: list[str | list[str]] = []
+    tags: list[str] = []
+    where = "-a/--arg-file line" if arg_file is not None and len(sources) == 1 else "job"
+    for seq, values in enumerate(gnu.combinations(sources), 1):
+        if template:
+            cmd: str | list[str] = gnu.expand(template, values, seq)
+        else:
+            cmd = " ".join(values)  # the values are the commands (shell code)
+        commands.append(_checked(cmd, f"{where} {seq}"))
+        tags.append(" ".join(values))
+    return commands, tags
 
 
 # ----------------------------------------------------------------- servers
@@ -326,6 +455,28 @@ def parse_server_spec(spec: str) -> dict[str, Any]:
         if not 1 <= port <= 65535:
             raise UsageError(f"-S/--server {spec!r}: port {port} is outside 1..65535")
         out["port"] = port
+    return out
+
+
+_SLOTS_RE = re.compile(r"^(\d+)/(.+)$")
+
+
+def split_server_flags(values: Sequence[str]) -> list[tuple[str, int | None]]:
+    """``-S`` values as (spec, slots): GNU parallel's ``8/host`` and ``a,b`` lists."""
+    out: list[tuple[str, int | None]] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            m = _SLOTS_RE.match(part)
+            if m is None:
+                out.append((part, None))
+                continue
+            slots = int(m[1])
+            if slots < 1:
+                raise UsageError(f"-S/--server {part!r}: the job slots before / must be >= 1")
+            out.append((m[2], slots))
     return out
 
 
@@ -412,16 +563,26 @@ def scheduler_options(
     """
     if not server_specs and servers_file is None:
         return "local", {}, jobs or os.cpu_count() or 1, None
+    with_slots = split_server_flags(server_specs)
+    server_specs = [spec for spec, _ in with_slots]
     parsed = {spec: parse_server_spec(spec) for spec in server_specs}
+    for spec, slots in with_slots:
+        if slots is not None:
+            parsed[spec]["forks"] = slots  # -S 8/host: 8 job slots there
+    any_slots = any(slots is not None for _, slots in with_slots)
     if servers_file is None:
-        servers: list[str] | dict[str, dict[str, Any]] = list(server_specs)
+        servers: list[str] | dict[str, dict[str, Any]] = (
+            dict(parsed) if any_slots else list(server_specs)
+        )
         opts: dict[str, Any] = {"servers": servers}
         flag = "-S/--server"
     else:
         opts = load_servers_file(servers_file)
         servers = opts["servers"]
-        if isinstance(servers, list):
+        if isinstance(servers, list) and not any_slots:
             servers = [*servers, *server_specs]
+        elif isinstance(servers, list):
+            servers = {**{s: parse_server_spec(s) for s in servers}, **parsed}
         else:
             # -S hosts join the file's and get its defaults (keyfile, ...).
             servers = {**servers, **parsed}
@@ -440,9 +601,15 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
     if command and command[0] == "--":
         command = command[1:]
     scheduler, opts, forks, flag = scheduler_options(ns.server, ns.servers_file, ns.jobs)
-    commands = build_commands(command, ns.arg_file, ns.jobs_file)
+    commands, tags = build_jobs(command, ns.arg_file, ns.jobs_file)
+    if ns.ungroup and ns.keep_order:
+        raise UsageError("-u/--ungroup prints output as it comes: it cannot keep the order (-k)")
     if ns.timeout is not None:
         opts["timeout"] = ns.timeout
+    if ns.wd is not None:
+        if not ns.wd:
+            raise UsageError("--wd: give a directory, e.g. --wd . for this one")
+        opts["cwd"] = os.path.abspath(os.path.expanduser(ns.wd))
     if not ns.workdir:
         raise UsageError("-w/--workdir: give a directory")
     if ns.halt:
@@ -461,4 +628,9 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
         num_retries=retries,
         resume=ns.resume,
         servers_flag=flag,
+        tags=tags,
+        tag=ns.tag,
+        keep_order=ns.keep_order,
+        ungroup=ns.ungroup,
+        joblog=ns.joblog,
     )

@@ -40,6 +40,8 @@ from rich.text import Text
 
 from ..plugin import plugin
 from ..status import JobStatus
+from . import gnu
+from .joboutput import JobLog, JobOutput
 from .tally import Ending, Outcome, Tally
 from .workdir import host_from_jid
 
@@ -196,11 +198,24 @@ class RunMonitor:
 
     name = "xqute-ssh-cli"
 
-    def __init__(self, tally: Tally, view: View, skip: set[int], default_host: str) -> None:
+    def __init__(
+        self,
+        tally: Tally,
+        view: View,
+        skip: set[int],
+        default_host: str,
+        printer: JobOutput | None = None,
+        joblog: JobLog | None = None,
+    ) -> None:
         self.tally = tally
         self.view = view
         self._skip = set(skip)
         self._default_host = default_host
+        self._printer = printer
+        self._joblog = joblog
+        #: {%}: the slot each running job holds, and the commands with the token
+        self._slots: dict[int, int] = {}
+        self._templates: dict[int, str | list[str]] = {}
         #: the signal that stopped the run (SIGINT: exit 130), if any
         self.signal: signal.Signals | None = None
         #: set once the run has ended (naturally, halted or by a signal)
@@ -212,14 +227,41 @@ class RunMonitor:
     async def _end(self, job: Job, outcome: Outcome, rc: int | None = None) -> None:
         if rc is None:
             rc = await job.read_rc()
+        self._slots.pop(job.index, None)
         host = self.tally.host_of_running(job.index) or self._host(job)
         ending = self.tally.ended_as(job.index, outcome, rc, host)
-        if ending is not None:
-            self.view.job_ended(ending)
+        if ending is None:
+            return
+        if outcome == Outcome.SKIPPED:
+            if self._printer is not None:
+                self._printer.skipped(job.index)
+        else:
+            received = await self._printer.ended(job) if self._printer is not None else 0
+            if self._joblog is not None:
+                await self._joblog.ended(job, host, rc, received)
+        self.view.job_ended(ending)
+
+    def _take_slot(self, job: Job) -> None:
+        """``{%}``: the lowest free slot number, put into the job's command."""
+        template = self._templates.setdefault(job.index, job.cmd)
+        if not gnu.uses_slot(template):
+            return
+        used = set(self._slots.values())
+        slot = next(n for n in range(1, len(used) + 2) if n not in used)
+        self._slots[job.index] = slot
+        job.cmd = gnu.fill_slot(template, slot)
+
+    def _attempt_started(self, job: Job) -> None:
+        self.tally.started(job.index, self._host(job))
+        if self._printer is not None:
+            self._printer.started(job)
+        if self._joblog is not None:
+            self._joblog.started(job.index)
 
     @plugin.impl
     async def on_job_submitting(self, scheduler: Scheduler, job: Job) -> bool | None:
         if job.index not in self._skip:
+            self._take_slot(job)
             return None
         self._skip.discard(job.index)
         # The engine keeps a status a plugin set before cancelling (plugin.py).
@@ -229,15 +271,16 @@ class RunMonitor:
 
     @plugin.impl
     async def on_job_submitted(self, scheduler: Scheduler, job: Job) -> None:
-        self.tally.started(job.index, self._host(job))
+        self._attempt_started(job)
 
     @plugin.impl
     async def on_job_started(self, scheduler: Scheduler, job: Job) -> None:
-        self.tally.started(job.index, self._host(job))
+        self._attempt_started(job)
 
     @plugin.impl
     async def on_job_queued(self, scheduler: Scheduler, job: Job) -> None:
         self.tally.requeued(job.index)
+        self._slots.pop(job.index, None)
 
     @plugin.impl
     async def on_job_succeeded(self, scheduler: Scheduler, job: Job) -> None:

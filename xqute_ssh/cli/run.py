@@ -18,15 +18,17 @@ import argparse
 import asyncio
 import time
 
+from .. import fileio
 from ..errors import ConfigError, WorkdirError
 from ..status import JobStatus
 from ..xqute import Xqute
 from .args import RunPlan, UsageError, make_plan
-from .output import Output
+from .joboutput import ConsoleSink, JobLog, JobOutput, StdSink
+from .output import Mode, Output
 from .progress import RunMonitor
 from .summary import print_summary
 from .tally import Tally
-from .workdir import resumable
+from .workdir import RUN_FILE, resumable, run_file_text
 
 
 def _build(plan: RunPlan, monitor: RunMonitor) -> Xqute:
@@ -57,8 +59,13 @@ async def _feed_and_run(xq: Xqute, plan: RunPlan, monitor: RunMonitor) -> None:
         return
     try:
         await xq.feed(plan.commands[0])
+        # `status` shows this run's jobs: none of an earlier, larger run's,
+        # and also the ones a Ctrl-C stops before they start.
+        await fileio.write_text(plan.workdir_path / RUN_FILE, run_file_text(len(plan.commands)))
     except WorkdirError as exc:
         raise UsageError(f"-w/--workdir: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"-w/--workdir: cannot write in it: {exc.strerror or exc}") from None
     try:
         await xq.scheduler.post_init()
     except BaseException:
@@ -85,15 +92,36 @@ async def execute(plan: RunPlan, out: Output, verbose: bool = False) -> int:
     tally = Tally(total=len(plan.commands))
     view = out.view(tally, n_skip=len(skip))
     default_host = "local" if plan.scheduler == "local" else "?"
-    monitor = RunMonitor(tally, view, skip, default_host)
+    sink = ConsoleSink(out.console) if out.mode == Mode.LIVE else StdSink()
+    printer = JobOutput(
+        sink,
+        len(plan.commands),
+        plan.tags,
+        tag=plan.tag,
+        keep_order=plan.keep_order,
+        ungroup=plan.ungroup,
+    )
+    joblog = JobLog(plan.joblog) if plan.joblog else None
+    if joblog is not None:
+        try:
+            await joblog.open()
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise UsageError(f"--joblog: cannot write {plan.joblog!r}: {why}") from None
+    monitor = RunMonitor(tally, view, skip, default_host, printer, joblog)
     with out.engine_logging(verbose):
         xq = _build(plan, monitor)
         started = time.monotonic()
         view.start()
+        follow = asyncio.create_task(printer.follow_running())
         try:
             await _feed_and_run(xq, plan, monitor)
         finally:
+            follow.cancel()
+            printer.flush()
             view.stop()
+            if joblog is not None:
+                await joblog.close()
         print_summary(out, tally, workdir, time.monotonic() - started, monitor.signal)
     if monitor.signal is not None:
         return 128 + int(monitor.signal)

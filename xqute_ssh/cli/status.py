@@ -21,7 +21,7 @@ from .args import UsageError
 from .output import Mode, Output
 from .progress import printable
 from .summary import plural
-from .workdir import JobRecord, scan_workdir
+from .workdir import JobRecord, scan_last_run
 
 _STATUS_STYLE = {
     "FINISHED": "green",
@@ -29,6 +29,8 @@ _STATUS_STYLE = {
     "RUNNING": "cyan",
     "SUBMITTED": "cyan",
     "KILLING": "yellow",
+    "KILLED": "yellow",
+    "NOT_STARTED": "dim",
 }
 _COLUMNS = ("index", "status", "host", "rc", "duration", "command")
 
@@ -98,10 +100,14 @@ def render(records: list[JobRecord], out: Output, hosts: list[str] | None = None
     for rec in records:
         file.write("\t".join(c.replace("\t", " ").replace("\n", " ") for c in _cells(rec)))
         file.write("\n")
-    file.write(_counts_line(records) + "\n")
-    for line in hosts or ():
-        file.write(line + "\n")
     file.flush()
+    # stdout is pure TSV (for cut, awk, a spreadsheet); the counts and the
+    # hosts that were down go to stderr
+    err = out.err_console.file
+    err.write(_counts_line(records) + "\n")
+    for line in hosts or ():
+        err.write(line + "\n")
+    err.flush()
 
 
 def status_command(ns: argparse.Namespace) -> int:
@@ -110,9 +116,16 @@ def status_command(ns: argparse.Namespace) -> int:
     if not workdir.is_dir():
         raise UsageError(f"WORKDIR {ns.workdir!r} is not a directory")
     try:
-        records = scan_workdir(workdir)
+        records, stale = scan_last_run(workdir)
     except OSError as exc:
         raise UsageError(f"WORKDIR {ns.workdir!r}: {exc.strerror or exc}") from None
+    if stale:
+        shown = " ".join(map(str, stale[:10])) + (" ..." if len(stale) > 10 else "")
+        print(
+            f"xqute-ssh status: {plural(len(stale), 'job directory', 'job directories')} "
+            f"from an earlier, larger run in this workdir not shown ({shown})",
+            file=sys.stderr,
+        )
     if ns.json:
         # ASCII escapes keep undecodable bytes in file names valid JSON.
         sys.stdout.write(json.dumps([r.as_dict() for r in records], indent=1) + "\n")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..status import JobStatus
+from ..status import KILLED_RC, JobStatus
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -121,11 +121,14 @@ def read_record(metadir: Path, index: int, now: float | None = None) -> JobRecor
             changed = _mtime(metadir / "job.status")
             if changed is not None:
                 duration = max(0.0, changed - started)
+    rc = _int(_read(metadir / "job.rc"))
+    if parsed == JobStatus.FAILED and (rc == KILLED_RC or _mtime(metadir / "job.killed")):
+        status_name = "KILLED"  # as `run` showed it
     return JobRecord(
         index=index,
         status=status_name,
         host=host_from_jid(jid.strip() if jid else None),
-        rc=_int(_read(metadir / "job.rc")),
+        rc=rc,
         duration=duration,
         command=_command(_read(metadir / "job.cmd")),
     )
@@ -147,6 +150,48 @@ def scan_workdir(workdir: Path) -> list[JobRecord]:
     """Every job's record, in index order (blocking: call it in a thread)."""
     now = time.time()
     return _pmap(lambda i: read_record(workdir / str(i), i, now), job_indexes(workdir))
+
+
+#: Written by ``xqute-ssh run`` into its workdir: how many jobs the last run had.
+RUN_FILE = ".xqute-ssh-run.json"
+NOT_STARTED = "NOT_STARTED"
+
+
+def run_file_text(n_jobs: int) -> str:
+    return json.dumps({"jobs": n_jobs, "started": time.time()}) + "\n"
+
+
+def last_run_size(workdir: Path) -> int | None:
+    """How many jobs the last ``xqute-ssh run`` in ``workdir`` had, if known."""
+    try:
+        data = json.loads((workdir / RUN_FILE).read_text())
+        n = data["jobs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) and n >= 0 else None
+
+
+def scan_last_run(workdir: Path) -> tuple[list[JobRecord], list[int]]:
+    """The last run's jobs, and the indexes of older job directories left over.
+
+    A workdir reused by a smaller run still holds the old run's higher job
+    directories: they are not this run's jobs.  A job of the run that has no
+    directory never started (the run was stopped first): NOT_STARTED.
+    Without a run file (a workdir of the Python API) every directory counts.
+    """
+    n = last_run_size(workdir)
+    if n is None:
+        return scan_workdir(workdir), []
+    now = time.time()
+    present = set(job_indexes(workdir))
+    stale = sorted(i for i in present if i >= n)
+
+    def record(i: int) -> JobRecord:
+        if i not in present:
+            return JobRecord(i, NOT_STARTED, None, None, None, None)
+        return read_record(workdir / str(i), i, now)
+
+    return _pmap(record, range(n)), stale
 
 
 def finished_with(metadir: Path, command: str | list[str]) -> bool:

@@ -17,6 +17,11 @@ from typing import Any
 
 from ..errors import ConfigError
 
+#: ``known_hosts`` set to this turns host-key checking off, on purpose and
+#: loudly (a warning on every connection).  A file cannot say None, and
+#: ``false`` is refused, so nobody turns checking off by accident.
+INSECURE_NO_HOST_KEY_CHECK = "INSECURE-NO-HOST-KEY-CHECK"
+
 #: The default ``known_hosts``.  Left at this value, host keys are checked the
 #: way OpenSSH does (``UserKnownHostsFile`` from the ssh config, else
 #: ``~/.ssh/known_hosts`` and ``/etc/ssh/ssh_known_hosts``).
@@ -52,8 +57,9 @@ class HostConfig:
     Defaults follow OpenSSH where it has one: ``port=None`` and ``user=None``
     let ``~/.ssh/config`` (``Port``, ``User``, ``HostName``, ``IdentityFile``,
     ``ProxyJump``) decide, falling back to 22 and the local user name.
-    ``known_hosts=None`` turns host-key checking off (a warning is logged on
-    every connect); anything else is checked.  ``connect_options`` is handed
+    ``known_hosts=None`` (or ``"INSECURE-NO-HOST-KEY-CHECK"``, which a file can
+    say) turns host-key checking off (a warning is logged on every connect);
+    a path is checked; anything else (``false``) is a ConfigError.  ``connect_options`` is handed
     to :func:`asyncssh.connect` unchanged and wins over what we derive.
 
     Limits: ``max_sessions`` channels per connection (keep it below the
@@ -88,6 +94,16 @@ class HostConfig:
             raise ConfigError(f"invalid host {host!r}: must not start with '-'")
         if self.port is not None:
             object.__setattr__(self, "port", _check_port(self.port, f"host {host!r}"))
+        if self.known_hosts == INSECURE_NO_HOST_KEY_CHECK:
+            object.__setattr__(self, "known_hosts", None)
+        elif self.known_hosts is not None and not isinstance(self.known_hosts, str):
+            raise ConfigError(
+                f"{host}: known_hosts must be the path of a known_hosts file "
+                f"(default {DEFAULT_KNOWN_HOSTS}), not {self.known_hosts!r}. Host keys "
+                "are always checked; to turn checking off knowingly (anyone on the "
+                "network path can then impersonate the host and read your jobs), "
+                f"set known_hosts = \"{INSECURE_NO_HOST_KEY_CHECK}\""
+            )
         for name in ("max_sessions", "max_connections", "keepalive_count_max"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{host}: {name} must be at least 1")

@@ -150,15 +150,32 @@ async def translate_connect_error(cfg: HostConfig, exc: BaseException) -> Except
             cfg.label,
             f"authentication failed (tried: {_methods_tried(cfg)}). Check the "
             "user name, that the public key is in ~/.ssh/authorized_keys on the "
-            "server, or give keyfile=/password=.",
+            "server, or give keyfile=/password=. A passphrase-protected key "
+            "is skipped unless it is in ssh-agent (ssh-add) or "
+            "connect_options has its passphrase.",
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return SshHostKeyError(cfg.label, await _host_key_message(cfg))
-    if isinstance(exc, asyncssh.KeyImportError):
-        return ConfigError(f"{cfg.label}: cannot load a client key: {exc}")
+    if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
+        hint = ""
+        if "passphrase" in str(exc).lower():
+            hint = (
+                "; the key is passphrase-protected: load it into ssh-agent "
+                "(ssh-add KEY) and leave keyfile unset, or give the passphrase "
+                "as connect_options = {passphrase = \"...\"} (see docs/ssh.md)"
+            )
+        return ConfigError(f"{cfg.label}: cannot load a client key: {exc}{hint}")
     if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
-        # Also what sshd's MaxStartups does to excess unauthenticated connections.
-        err = SshConnectError(addr, f"connection dropped during the handshake ({exc})")
+        # What sshd's MaxStartups does to excess unauthenticated connections,
+        # and OpenSSH >= 9.8 to every connection from an address it penalises.
+        err = SshConnectError(
+            addr,
+            f"connection dropped during the handshake ({exc}); the server may be "
+            "limiting unauthenticated connections (OpenSSH MaxStartups) or refusing "
+            "this address for a while after connections that never logged in, e.g. "
+            "rejected host keys (OpenSSH >= 9.8 PerSourcePenalties: its log says "
+            "'penalty')",
+        )
         err.dropped = True
         return err
     if isinstance(exc, asyncssh.DisconnectError):

@@ -125,6 +125,17 @@ class HostPool:
         return self._closed
 
     # ---------------------------------------------------------- public operations
+    async def try_connect(self) -> None:
+        """Open one new connection and close it: does the host take logins now?
+
+        A health probe needs this rather than a round trip: a host whose sshd
+        stopped listening keeps serving the connections it already has, so a
+        round trip over one of them would call it back while every new
+        connect is still refused.  Raises the connect's SshError.
+        """
+        link = await open_link(self.cfg)
+        link.close()
+
     async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
         """Run a POSIX shell snippet over a control session (one round trip).
 

@@ -4,10 +4,13 @@
 directory and its own network namespace); the pytest plugin
 (``xqute_ssh.testing.pytest_plugin``, loaded automatically once the package is
 installed) offers them as the fixtures ``sshd_cluster_factory``,
-``sshd_cluster`` and ``sshd_host``.  See docs/testing.md.
+``sshd_cluster`` and ``sshd_host``.  With ``container="openssh-bookworm"``
+(or another image of :mod:`.images`) each host is an SSH server in its own
+Docker container instead.  See docs/testing.md.
 """
 
 from .harness import (
+    ContainerHost,
     HarnessError,
     SshCluster,
     SshdHost,
@@ -17,6 +20,7 @@ from .harness import (
 )
 
 __all__ = [
+    "ContainerHost",
     "HarnessError",
     "SshCluster",
     "SshdHost",

@@ -24,11 +24,13 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from . import _netns, _util
+from . import _docker, _netns, _util
+from . import container as _container
 from ._util import (
     LOOPBACK_PREFIX,
     RESERVED_KEYWORDS,
@@ -37,9 +39,12 @@ from ._util import (
     SshdUnavailable,
     sshd_path,
 )
+from .container import ContainerHost
 from .host import SshdHost
+from .images import HostImage, ensure_image
 
 __all__ = [
+    "ContainerHost",
     "HarnessError",
     "SshCluster",
     "SshdHost",
@@ -66,6 +71,12 @@ class SshCluster:
             controller or other hosts.  Root only.
         netns: give each host its own network namespace and a veth link
             that :meth:`SshdHost.cut_network` can cut.  Root only.
+        container: run each host's SSH server in its own Docker container
+            of this image (``"openssh-bookworm"``, ``"openssh-bullseye"``,
+            ``"openssh-trixie"``, ``"dropbear-bookworm"``,
+            ``"openssh-bookworm-nobash"``; see :mod:`.images`), built if
+            missing.  Hosts are then :class:`ContainerHost`: own filesystem,
+            processes and users (login ``tester``), on the host network.
 
     Use as ``with``/``async with`` or call :meth:`start` and :meth:`stop`.
     :meth:`stop` is idempotent and also runs at interpreter exit.
@@ -79,6 +90,7 @@ class SshCluster:
         sshd_config: Sequence[str] = (),
         private_dirs: Sequence[str | os.PathLike[str]] = (),
         netns: bool = False,
+        container: str | None = None,
     ) -> None:
         if not 1 <= n <= 250:
             raise HarnessError(f"n must be between 1 and 250, not {n}")
@@ -92,7 +104,18 @@ class SshCluster:
         self.sshd_config = tuple(sshd_config)
         self.private_dirs = tuple(Path(d).resolve() for d in private_dirs)
         self.netns = netns
-        self.sshd = sshd_path()
+        self.image = HostImage.parse(container) if container else None
+        if self.image is not None:
+            if self.private_dirs or netns:
+                raise HarnessError(
+                    "container hosts have their own filesystem and no veth: "
+                    "private_dirs and netns are for process hosts"
+                )
+            if self.sshd_config and self.image.server != "openssh":
+                raise HarnessError(
+                    f"sshd_config lines apply to OpenSSH only, not to {self.image.name}"
+                )
+        self.sshd = sshd_path() if self.image is None else ""
         self.user = pwd.getpwuid(os.geteuid()).pw_name
         self.client_key = self.base_dir / "client_ed25519_key"
         self.authorized_keys = self.base_dir / "authorized_keys"
@@ -113,6 +136,7 @@ class SshCluster:
     def __repr__(self) -> str:
         running = sum(h.is_running() for h in self.hosts)
         extra = (" netns" if self.netns else "") + (" private_dirs" if self.private_dirs else "")
+        extra += f" {self.image.name} containers" if self.image else ""
         return f"<SshCluster {self.n} hosts, {running} running{extra} {self.base_dir}>"
 
     def start(self) -> None:
@@ -136,6 +160,9 @@ class SshCluster:
 
     def _start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        if self.image is not None:
+            self._start_containers(self.image)
+            return
         if os.geteuid() == 0:  # sshd's privilege separation chroot
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         for d in self.private_dirs:
@@ -167,10 +194,31 @@ class SshCluster:
             h._start_sshd(offset)
         self.known_hosts.write_text("".join(h.known_hosts_line + "\n" for h in self.hosts))
 
+    def _start_containers(self, image: HostImage) -> None:
+        _docker.check_daemon()
+        _container.remove_orphans()
+        tag = ensure_image(image)
+        log.debug("image %s ready", tag)
+        _util.keygen(self.client_key, "xqute-ssh-test client")
+        self.authorized_keys.write_text(self.client_key.with_suffix(".pub").read_text())
+        hosts = [
+            ContainerHost(self, i + 1, f"{LOOPBACK_PREFIX}{i + 2}", image) for i in range(self.n)
+        ]
+        self.hosts = list(hosts)
+        for h in hosts:
+            h._prepare()
+        with ThreadPoolExecutor(max_workers=min(8, self.n)) as pool:
+            list(pool.map(lambda h: h._create(), hosts))  # docker run: ~0.3 s each
+            list(pool.map(lambda h: h._start_server(), hosts))
+        self.known_hosts.write_text("".join(h.known_hosts_line + "\n" for h in self.hosts))
+
     def stop(self) -> None:
         """Kill every process of every host, remove namespaces.  Idempotent."""
         with self._lock:
             if not self._started:
+                return
+            if self.image is not None:
+                self._stop_containers()
                 return
             for h in self.hosts:  # kill first, then all reapers exit together
                 try:
@@ -186,6 +234,14 @@ class SshCluster:
             self._started = False
             _live.discard(self)
             log.debug("%r stopped", self)
+
+    def _stop_containers(self) -> None:
+        hosts = [h for h in self.hosts if isinstance(h, ContainerHost)]
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(hosts)))) as pool:
+            list(pool.map(lambda h: h._close(), hosts))
+        self._started = False
+        _live.discard(self)
+        log.debug("%r stopped", self)
 
     async def astart(self) -> None:
         """:meth:`start` in a thread, for async code."""

@@ -90,6 +90,9 @@ class _ReaperPipe:
             self.proc.stdout.close()
 
 
+_KBD_NAMES = frozenset({"kbdinteractiveauthentication", "challengeresponseauthentication"})
+
+
 class _Bind(Exception):
     """sshd could not bind its port (someone took it): pick another one."""
 
@@ -377,12 +380,6 @@ class SshdHost:
             )
 
     def _write_config(self) -> None:
-        user_lines = list(self._cluster.sshd_config)
-        overridden = set()
-        for line in user_lines:
-            if _util.keyword(line) == "match":
-                break  # keywords inside Match blocks do not replace defaults
-            overridden.add(_util.keyword(line))
         defaults = [
             ("ListenAddress", f"{self.address}:{self.port}"),
             ("HostKey", str(self.host_key)),
@@ -391,7 +388,8 @@ class SshdHost:
             ("AllowUsers", self.user),
             ("PubkeyAuthentication", "yes"),
             ("PasswordAuthentication", "no"),
-            ("KbdInteractiveAuthentication", "no"),
+            # the old name: OpenSSH < 8.7 rejects the new one, later ones take both
+            ("ChallengeResponseAuthentication", "no"),
             ("PermitRootLogin", "prohibit-password"),
             ("StrictModes", "no"),  # base_dir is under /tmp
             ("UsePAM", "no"),
@@ -404,6 +402,18 @@ class SshdHost:
             # later login then waits 60 s for it.  Harmless elsewhere.
             ("SetEnv", "PYENV_REHASH_TIMEOUT=1"),
         ]
+        self._config_lines(defaults)
+
+    def _config_lines(self, defaults: list[tuple[str, str]]) -> None:
+        """Write sshd_config: ``defaults`` unless the user set the keyword, then theirs."""
+        user_lines = list(self._cluster.sshd_config)
+        overridden = set()
+        for line in user_lines:
+            if _util.keyword(line) == "match":
+                break  # keywords inside Match blocks do not replace defaults
+            overridden.add(_util.keyword(line))
+        if overridden & _KBD_NAMES:  # one option, two names
+            overridden |= _KBD_NAMES
         text = ["# written by xqute_ssh.testing; user lines come last (Match blocks)"]
         text += [f"{k} {v}" for k, v in defaults if k.lower() not in overridden]
         text += user_lines

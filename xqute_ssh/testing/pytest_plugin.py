@@ -3,10 +3,13 @@
 - ``sshd_cluster_factory``: call ``factory(n=2, **SshCluster options)`` in a
   test; every cluster it made is stopped when the test ends.
 - ``sshd_cluster``: two plain hosts.  ``sshd_host``: one.
+- ``factory(n, container="openssh-bookworm")``: hosts in Docker containers
+  (mark such tests ``@pytest.mark.docker``; ``pytest -m docker`` runs them).
 
-Where sshd (or a feature asked for, such as ``netns``) is unavailable the test
-is skipped with the install hint; when the ``CI`` environment variable is set
-it fails instead, because CI must never silently skip the SSH tests.
+Where sshd (or a feature asked for, such as ``netns``, or a running dockerd
+for containers) is unavailable the test is skipped with the install hint;
+when the ``CI`` environment variable is set it fails instead, because CI must
+never silently skip the SSH tests.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ from typing import Any, NoReturn
 import pytest
 
 from xqute_ssh.testing.harness import SshCluster, SshdHost, SshdUnavailable, sshd_path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "docker: runs SSH hosts in Docker containers; skipped (failed under CI) "
+        "where dockerd is not running",
+    )
 
 
 def skip_or_fail(reason: str) -> NoReturn:
@@ -43,6 +54,8 @@ def sshd_cluster_factory(
     clusters: list[SshCluster] = []
 
     def factory(n: int = 2, **options: Any) -> SshCluster:
+        if not options.get("container"):
+            require_sshd()
         try:
             cluster = SshCluster(tmp_path_factory.mktemp("sshd"), n, **options)
             clusters.append(cluster)
@@ -51,7 +64,6 @@ def sshd_cluster_factory(
             skip_or_fail(str(exc))
         return cluster
 
-    require_sshd()
     try:
         yield factory
     finally:

@@ -30,7 +30,7 @@ import shlex
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +41,7 @@ from ...attempt import AttemptRecord
 from ...errors import (
     ConfigError,
     JobSubmissionError,
+    SftpUnavailable,
     SshConnectError,
     SshConnectionLost,
     SshError,
@@ -368,7 +369,9 @@ class SshScheduler(Scheduler):
         if host.probe is None:
             await host.ensure_ready(self.workdir)
         else:
-            await host.run(":", timeout=host.spec.config.connect_timeout)
+            # A fresh login, not a round trip over a connection that outlived
+            # the listener (that would call the host back while connects fail).
+            await host.pool.try_connect()
 
     # ------------------------------------------------------------ placement
     async def _reserve(self, job: Job, avoid: set[str]) -> _Host:
@@ -447,12 +450,14 @@ class SshScheduler(Scheduler):
         job_dir = host.job_dir(job.index)
         await host.pool.run_checked(f"umask 077; mkdir -p -- {shlex.quote(job_dir)}")
         try:
-            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+            async with host.pool.connection() as conn, _sftp(conn, host.label) as sftp:
                 for item in job.stage_in:
                     dest = staging.remote_path(job_dir, item.dest)
                     parent = str(PurePosixPath(dest).parent)
                     await sftp.makedirs(parent, exist_ok=True)
                     await sftp.put(str(item.source), dest, recurse=True, preserve=True)
+        except SftpUnavailable as exc:
+            raise JobSubmissionError(f"stage_in failed: {exc}") from None
         except (OSError, asyncssh.Error) as exc:
             raise JobSubmissionError(
                 f"{host.label}: stage_in failed: {_sftp_hint(exc)}"
@@ -461,7 +466,7 @@ class SshScheduler(Scheduler):
     async def _stage_out_remote(self, job: Job, host: _Host, job_dir: str) -> list[str]:
         errors = []
         try:
-            async with host.pool.connection() as conn, conn.start_sftp_client() as sftp:
+            async with host.pool.connection() as conn, _sftp(conn, host.label) as sftp:
                 for item in job.stage_out:
                     src = staging.remote_path(job_dir, item.source)
                     dst = staging.local_target(item, Path(str(job.metadir.path)))
@@ -577,12 +582,19 @@ class SshScheduler(Scheduler):
         The wrapper writes job.pid ("pid starttime") first thing; if it
         appears, the job runs and is adopted instead of being started twice.
         """
-        if not exc.retryable or not host.shared:
-            return None
+        if not exc.retryable or host.probe is None:
+            return None  # probe not done: the launch was never sent
         pid_file = job.metadir / "job.pid"
+        remote_pid = "" if host.shared else shlex.quote(host.job_dir(job.index) + "/job.pid")
         deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
         while time.monotonic() < deadline:
-            text = await fileio.read_text(pid_file)
+            if host.shared:
+                text = await fileio.read_text(pid_file)
+            else:  # a host without the workdir: ask it (the pool reconnects)
+                try:
+                    text = (await host.run(f"cat -- {remote_pid} 2>/dev/null")).stdout
+                except SshError:
+                    text = None
             if text and len(text.split()) == 2:
                 pid, start = text.split()
                 self.placement.hold(host.name, job.index)
@@ -725,6 +737,7 @@ class SshScheduler(Scheduler):
         """Bring rc, stdout, stderr and the status home; False if not possible."""
         job_dir = host.job_dir(job.index)
         snippet, mark = unshared.fetch_small(job_dir)
+        fetched: unshared.Fetched | None = None
         try:
             reply = await host.run(snippet)
             fetched = unshared.parse_fetch(reply.stdout, mark)
@@ -930,6 +943,30 @@ class SshScheduler(Scheduler):
                 return
             await asyncio.sleep(0.1)
         logger.warning("job %s: its processes on %s outlived the kill", job.index, name)
+
+
+@contextlib.asynccontextmanager
+async def _sftp(
+    conn: asyncssh.SSHClientConnection, label: str
+) -> AsyncIterator[asyncssh.SFTPClient]:
+    """An SFTP client; SftpUnavailable when the server has no SFTP subsystem.
+
+    A server without one (Dropbear lacking sftp-server, sshd without
+    ``Subsystem sftp``) accepts the channel and then closes it, which asyncssh
+    reports as an SFTPError while the connection itself stays open.
+    """
+    try:
+        client = await conn.start_sftp_client()
+    except asyncssh.sftp.SFTPError as exc:
+        if conn.is_closed():
+            raise
+        raise SftpUnavailable(
+            label,
+            f"it has no SFTP server ({exc}); install one (Debian: openssh-sftp-server) "
+            "or enable 'Subsystem sftp' in its sshd_config",
+        ) from None
+    async with client:
+        yield client
 
 
 def _sftp_hint(exc: BaseException) -> str:
