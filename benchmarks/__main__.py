@@ -33,7 +33,7 @@ from .common import (
 )
 
 SSH_WORKLOADS = ("W1", "W2", "W3", "W4", "W6", "W7")
-ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "T")
+ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "T")
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 
 DESCRIPTIONS = {
@@ -52,6 +52,11 @@ DESCRIPTIONS = {
     "W7": "bad hosts: 300 `true` jobs, forks 32, over the 2 hosts alone and "
     "with one refused port and one silent host (TCP accepted, no SSH banner) "
     "added, back to back: the second run's speed as a fraction of the first's",
+    "W8": "throughput toward the floor (issue 17): 1,000 `true` jobs, forks 64, "
+    "over 2 hosts (tmpfs and the default temp dir) and 16 hosts; controller CPU "
+    "per job; exit→FINISHED; processes per job on the hosts; 100,000 queued "
+    "jobs; a profile of the controller (each run in its own process; "
+    "`--baseline PATH` runs another checkout side by side)",
     "T": "transport: one control round trip vs a fresh exec channel vs "
     "ControlMaster (benchmarks/bench_transport.py)",
 }
@@ -64,6 +69,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated workloads to run (W1..W7, T for transport)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="W8 only: a checkout whose xqute_ssh runs side by side with this one",
     )
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     p.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run")
@@ -159,6 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rows += run_ssh_workloads(ssh_selected, reps, args.quick, deadline)
 
+    profile = None
+    if "W8" in selected:
+        log("== W8 throughput toward the floor")
+        from .bench_throughput import run_w8
+
+        w8_rows, profile = run_w8(reps, args.quick, deadline, args.baseline)
+        rows += w8_rows
+
     transport = None
     if "T" in selected:
         log("== transport")
@@ -168,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.sort(key=lambda r: order.get(r.workload, 99))
     info = machine_info()
     report = render_report(rows, info, selected, transport, argv, time.monotonic() - started)
+    if profile:
+        report += "\n## Controller profile (W8, 1,000 `true` jobs, 2 hosts)\n\n" + profile
     print(report)
     full = not args.only and not args.quick
     output = args.output or (DEFAULT_OUTPUT if full else None)

@@ -91,12 +91,13 @@ class SpecPath(os.PathLike[str]):
         return SpecPath(self.path.parent, self.mounted.parent)
 
     def joinpath(self, *parts: str) -> SpecPath:
+        # Built directly (no __init__ re-parsing) and without a mounted side
+        # when nothing is remapped: job paths are made on the hot path.
+        new = SpecPath.__new__(SpecPath)
         path: Any = self.path
-        mounted: Any = self.mounted
-        for part in parts:
-            path = path / part
-            mounted = mounted / part
-        return SpecPath(path, mounted if self._mounted is not None else None)
+        new.path = path.joinpath(*parts)
+        new._mounted = self._mounted.joinpath(*parts) if self._mounted is not None else None
+        return new
 
     def __truediv__(self, part: str) -> SpecPath:
         return self.joinpath(part)

@@ -35,6 +35,10 @@ logger = logging.getLogger("xqute_ssh")
 
 #: What a job's wrapper is started with; subclasses may change the shell path.
 DEFAULT_SHEBANG = "#!/usr/bin/env bash"
+#: Statuses that hold a job slot (active, or QUEUED while being submitted).
+_SLOT_HOLDING = frozenset(
+    {JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.KILLING}
+)
 
 #: How long a restarted controller looks for the job.pid of a job that the
 #: dead one may have been starting (the wrapper writes it at once).
@@ -686,9 +690,8 @@ class Scheduler(ABC):
         No I/O here (a coroutine as in xqute, so backends may override it
         with one); Xqute asks before each submission.
         """
-        return sum(
-            1 for j in jobs if j.status.is_active or j.status == JobStatus.QUEUED
-        )
+        holding = _SLOT_HOLDING  # one set lookup per job: called per submission
+        return sum(1 for j in jobs if j.status in holding)
 
     async def refresh_job_statuses(self, jobs: Sequence[Job]) -> list[JobStatus | None]:
         """What the status files of ``jobs`` say, read in one batch.

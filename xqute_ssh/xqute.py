@@ -409,8 +409,12 @@ class Xqute:
             while True:
                 if self._stop_submitting():
                     return False
-                running = await self.scheduler.count_running_jobs(self._active)
-                if running < self.scheduler.forks:
+                # Fewer jobs held than forks: free without counting (a job
+                # in _active holds at most one slot).
+                if len(self._active) < self.scheduler.forks or (
+                    await self.scheduler.count_running_jobs(self._active)
+                    < self.scheduler.forks
+                ):
                     self._active.append(job)
                     return True
                 self._slot_changed.clear()

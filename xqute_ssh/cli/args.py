@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill a job after this long; it ends FAILED with rc 124",
     )
     how.add_argument(
+        "--kill-grace",
+        type=_seconds,
+        metavar="SECONDS",
+        help="when a job is killed (Ctrl-C, --halt, --timeout): seconds between "
+        "TERM and KILL (default 5)",
+    )
+    how.add_argument(
         "--resume",
         action="store_true",
         help="do not run again jobs whose files in the workdir show the same "
@@ -606,6 +613,8 @@ def make_plan(ns: argparse.Namespace) -> RunPlan:
         raise UsageError("-u/--ungroup prints output as it comes: it cannot keep the order (-k)")
     if ns.timeout is not None:
         opts["timeout"] = ns.timeout
+    if ns.kill_grace is not None:
+        opts["kill_grace"] = ns.kill_grace
     if ns.wd is not None:
         if not ns.wd:
             raise UsageError("--wd: give a directory, e.g. --wd . for this one")

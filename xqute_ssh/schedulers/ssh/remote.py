@@ -66,19 +66,21 @@ def launch(script: str, stdout: str, stderr: str) -> str:
     The job gets its own session and process group (``setsid``; it is not a
     group leader when started with ``&`` from a non-interactive shell, so
     setsid does not fork and ``$!`` is the job's pid), stdin from /dev/null
-    and its output in files.  The outer subshell exits at once, so the job
-    is re-parented and the control shell keeps no zombie per job.
+    and its output in files.  The control session runs every request in a
+    subshell of its own (``( eval ... )``, see ssh/control.py) that exits at
+    once, so the job is re-parented and the control shell keeps no zombie
+    per job; no second subshell here (one process less per job).
     """
     return (
         f"{_STAT_FN}; "
-        f"if [ ! -r {_q(script)} ]; then echo 'xq-error noscript'; else ( "
+        f"if [ ! -r {_q(script)} ]; then echo 'xq-error noscript'; else "
         "unset SSH_CLIENT SSH2_CLIENT; "
         # BASH_ENV is for the job's bash only (see wrapper.sh).
         'if [ -n "${BASH_ENV+x}" ]; then XQ_BASH_ENV=$BASH_ENV; '
         "export XQ_BASH_ENV; unset BASH_ENV; fi; "
         f"setsid bash {_q(script)} </dev/null >{_q(stdout)} 2>{_q(stderr)} & "
         'p=$!; xq_stat "$p" && echo "xq-started $p ${st#* }" '
-        '|| echo "xq-started $p 0"; ); fi'
+        '|| echo "xq-started $p 0"; fi'
     )
 
 

@@ -130,7 +130,10 @@ class _Host:
 
     def mounted(self, workdir: SpecPath, path: SpecPath) -> str:
         """``path`` (under the workdir) as this host sees it."""
-        rel = PurePosixPath(str(path.path)).relative_to(str(workdir.path))
+        base, full = str(workdir.path), str(path.path)
+        if full.startswith(base + "/"):  # the usual case: plain string work
+            return f"{str(self.workdir).rstrip('/')}/{full[len(base) + 1 :]}"
+        rel = PurePosixPath(full).relative_to(base)
         return str(self.workdir / rel)
 
     async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
