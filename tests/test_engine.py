@@ -398,7 +398,7 @@ class FrameworkLocal(FrameworkMixin, LocalScheduler):
 async def test_mixin_subclass_like_pipen(tmp_path: Path) -> None:
     sched = FrameworkLocal(workdir=tmp_path, forks=2)
     await sched.post_init()
-    job = sched.create_job(0, ["bash", "-c", "echo $FW"])
+    job = await sched.create_job(0, ["bash", "-c", "echo $FW"])
     assert isinstance(job, FrameworkJob)
     xq = Xqute(FrameworkLocal, workdir=tmp_path / "x")
     j = await xq.feed(["bash", "-c", "echo $FW"])

@@ -22,7 +22,6 @@ import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import Any
 
 from . import fileio
@@ -36,14 +35,16 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENVS = frozenset({"XQUTE_JOB_INDEX", "XQUTE_METADIR", "XQUTE_JOB_METADIR"})
 
 
-def normalize_cmd(cmd: str | Sequence[Any]) -> str | list[str]:
+def normalize_cmd(cmd: str | Sequence[Any], allow_empty: bool = False) -> str | list[str]:
     """Check a command and turn its items into strings.
 
     A string is shell code (run by bash); a sequence is an argv whose items
-    reach the program byte for byte.
+    reach the program byte for byte.  ``allow_empty`` lets a job be created
+    before its command is known (frameworks set ``job.cmd`` later); an empty
+    command is refused when the job is submitted.
     """
     if isinstance(cmd, str):
-        if not cmd.strip():
+        if not cmd.strip() and not allow_empty:
             raise ConfigError("the command is empty: give a program to run")
         if "\0" in cmd:
             raise ConfigError(
@@ -55,7 +56,7 @@ def normalize_cmd(cmd: str | Sequence[Any]) -> str | list[str]:
     items = [
         (os_fsdecode(item) if isinstance(item, bytes) else str(item)) for item in cmd
     ]
-    if not items or items[0] == "":
+    if (not items or items[0] == "") and not allow_empty:
         raise ConfigError("the command is empty: give a program to run")
     for item in items:
         if "\0" in item:
@@ -71,7 +72,14 @@ def os_fsdecode(value: bytes) -> str:
 
 
 def normalize_envs(envs: Mapping[str, Any] | None) -> dict[str, str]:
-    """Check env names (shell identifiers) and values (no NUL), as strings."""
+    """Check env names (shell identifiers) and values (no NUL), as strings.
+
+    Values go through ``str()``: an int 0 becomes "0".
+    """
+    if envs is not None and not isinstance(envs, Mapping):
+        raise ConfigError(
+            f"envs must be a mapping of names to values, not {type(envs).__name__}"
+        )
     out: dict[str, str] = {}
     for name, value in (envs or {}).items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
@@ -90,15 +98,46 @@ def normalize_envs(envs: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
+#: What ``get_rc()`` returns when no return code was recorded (xqute's value).
+NO_RC = -9
+
+
 class Job:
     """One command and its metadata directory.
 
     Args:
         index: position in the run; names the metadir.
-        cmd: shell code (str) or an argv (sequence).
+        cmd: shell code (str) or an argv (sequence).  It may be empty at
+            creation (a framework sets ``job.cmd`` later), not at submission.
         workdir: the run's workdir (a SpecPath, or anything path-like).
         envs: extra environment variables for the job's process.
+        error_retry, num_retries: what the scheduler's error strategy says,
+            kept for frameworks written for xqute (``_error_retry``,
+            ``_num_retries``); the scheduler decides retries itself.
+
+    Subclasses may declare ``__slots__ = Job.__slots__ + ("more",)``, as
+    xqute's allow; subclasses without ``__slots__`` get a ``__dict__``.
     """
+
+    __slots__ = (
+        "_cmd",
+        "_error_retry",
+        "_files",
+        "_jid",
+        "_num_retries",
+        "_retry_pending",
+        "_started_hook_done",
+        "_status",
+        "ended_at",
+        "envs",
+        "extra",
+        "index",
+        "metadir",
+        "stage_in",
+        "stage_out",
+        "submitted_at",
+        "trial_count",
+    )
 
     def __init__(
         self,
@@ -106,12 +145,17 @@ class Job:
         cmd: str | Sequence[Any],
         workdir: SpecPath | str,
         envs: Mapping[str, Any] | None = None,
+        *,
+        error_retry: bool | None = None,
+        num_retries: int | None = None,
     ) -> None:
         self.index = index
-        self.cmd: str | list[str] = normalize_cmd(cmd)
+        self._cmd: str | list[str] = normalize_cmd(cmd, allow_empty=True)
         self.envs: dict[str, str] = normalize_envs(envs)
         self.metadir: SpecPath = SpecPath(workdir) / str(index)
         self.trial_count = 0
+        self._error_retry = error_retry
+        self._num_retries = num_retries
         #: Free-form data a scheduler keeps about the current attempt
         #: (the SSH scheduler records the host here).
         self.extra: dict[str, Any] = {}
@@ -124,44 +168,68 @@ class Job:
         self._retry_pending = False
         self.submitted_at: float | None = None
         self.ended_at: float | None = None
+        self._files: dict[str, SpecPath] = {}
 
     def __repr__(self) -> str:
         jid = f" jid={self._jid}" if self._jid else ""
-        return f"<Job {self.index} {self._status.name}{jid}: {self.strcmd[:60]}>"
+        name = type(self).__name__
+        return f"<{name}-{self.index} {self._status.name}{jid}: {self.strcmd[:60]}>"
+
+    @property
+    def cmd(self) -> str | list[str]:
+        """Shell code (str) or an argv (list of str)."""
+        return self._cmd
+
+    @cmd.setter
+    def cmd(self, value: str | Sequence[Any]) -> None:
+        # Frameworks set the command after creating the job (pipen does).
+        self._cmd = normalize_cmd(value, allow_empty=True)
 
     # ------------------------------------------------------------ files
-    @cached_property
+    def _file(self, name: str) -> SpecPath:
+        # Made once per job (the poller asks on every cycle), again if a
+        # framework moved the job's metadir.
+        files = self._files
+        if files.get("") is not self.metadir:
+            files.clear()
+            files[""] = self.metadir
+        path = files.get(name)
+        if path is None:
+            path = files[name] = self.metadir / name
+        return path
+
+    @property
     def stdout_file(self) -> SpecPath:
-        return self.metadir / "job.stdout"
+        return self._file("job.stdout")
 
-    @cached_property
+    @property
     def stderr_file(self) -> SpecPath:
-        return self.metadir / "job.stderr"
+        return self._file("job.stderr")
 
-    @cached_property
+    @property
     def status_file(self) -> SpecPath:
-        return self.metadir / "job.status"
+        return self._file("job.status")
 
-    @cached_property
+    @property
     def rc_file(self) -> SpecPath:
-        return self.metadir / "job.rc"
+        return self._file("job.rc")
 
-    @cached_property
+    @property
     def jid_file(self) -> SpecPath:
-        return self.metadir / "job.jid"
+        return self._file("job.jid")
 
-    @cached_property
+    @property
     def cmd_file(self) -> SpecPath:
         """``job.cmd``: the command as JSON (a list, or a string of shell code).
 
         Written at each submission so tools (``xqute-ssh status``, ``--resume``)
         can tell which command a metadir belongs to.
         """
-        return self.metadir / "job.cmd"
+        return self._file("job.cmd")
 
-    @cached_property
+    @property
     def retry_dir(self) -> SpecPath:
-        return self.metadir / "job.retry"
+        return self._file("job.retry")
 
     def wrapped_script_file(self, scheduler_name: str) -> SpecPath:
         return self.metadir / f"job.wrapped.{scheduler_name}"
@@ -195,10 +263,17 @@ class Job:
                 return parsed
         return self._status
 
-    async def set_status(self, status: JobStatus) -> None:
-        """Set the status and write it to job.status (no hooks fire)."""
-        await fileio.write_text(self.status_file, f"{int(status)}\n")
-        self._set_status_nofile(JobStatus(status))
+    async def set_status(self, status: JobStatus | int, flush: bool = True) -> None:
+        """Set the status; with ``flush`` (default) write job.status too.
+
+        No hooks fire: this is for plugins that decide a job's outcome
+        themselves (a cached result, a check of its outputs).  The engine
+        moves statuses through ``Scheduler.transition_job_status``.
+        """
+        status = JobStatus(status)
+        if flush:
+            await fileio.write_text(self.status_file, f"{int(status)}\n")
+        self._set_status_nofile(status)
 
     def _set_status_nofile(self, status: JobStatus) -> None:
         if status.is_active and self.submitted_at is None:
@@ -207,13 +282,30 @@ class Job:
             self.ended_at = time.time()
         self._status = status
 
-    async def get_rc(self) -> int | None:
-        """The return code from job.rc, or None when there is none yet."""
+    async def read_rc(self) -> int | None:
+        """The return code from job.rc, or None when none was recorded."""
         text = await fileio.read_text(self.rc_file)
         try:
             return int(text.strip()) if text else None
         except ValueError:
             return None
+
+    async def get_rc(self) -> int:
+        """The return code from job.rc; ``NO_RC`` (-9) when none was recorded.
+
+        An int always, as in xqute, so ``rc != 0`` and ``rc < 0`` work; use
+        ``read_rc()`` to tell "no rc" apart.
+        """
+        rc = await self.read_rc()
+        return NO_RC if rc is None else rc
+
+    async def set_rc(self, rc: int | str) -> None:
+        """Write job.rc (for plugins that decide a job's outcome)."""
+        try:
+            code = int(rc)
+        except (TypeError, ValueError):
+            raise ConfigError(f"a return code is a whole number, not {rc!r}") from None
+        await fileio.write_text(self.rc_file, f"{code}\n")
 
     async def get_jid(self) -> str | None:
         if self._jid is None:
@@ -287,5 +379,8 @@ class Job:
         The in-memory status stays QUEUED: the hooks for SUBMITTED fire once
         the backend has really started the job.
         """
+        # A job may be created with an empty command and given one later;
+        # by now it must have one.
+        self._cmd = normalize_cmd(self._cmd)
         await fileio.to_thread(self._prepare_submission_sync)
         self._reset_memory()

@@ -8,6 +8,7 @@ cloudpathlib path (s3://, gs://, az://).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -125,6 +126,36 @@ class SpecPath(os.PathLike[str]):
 
     def __hash__(self) -> int:
         return hash((str(self.path), str(self.mounted)))
+
+    # Async file operations on the controller side, named as xqute's (and
+    # panpath's) paths name them, so code written for xqute runs unchanged.
+    # Each runs in a worker thread: the event loop never waits on a disk.
+    async def a_exists(self) -> bool:
+        return await asyncio.to_thread(self.path.exists)
+
+    async def a_is_file(self) -> bool:
+        return await asyncio.to_thread(self.path.is_file)
+
+    async def a_is_dir(self) -> bool:
+        return await asyncio.to_thread(self.path.is_dir)
+
+    async def a_read_text(self, encoding: str = "utf-8") -> str:
+        return await asyncio.to_thread(self.path.read_text, encoding)
+
+    async def a_read_bytes(self) -> bytes:
+        return await asyncio.to_thread(self.path.read_bytes)
+
+    async def a_write_text(self, text: str, encoding: str = "utf-8") -> int:
+        return await asyncio.to_thread(self.path.write_text, text, encoding)
+
+    async def a_write_bytes(self, data: bytes) -> int:
+        return await asyncio.to_thread(self.path.write_bytes, data)
+
+    async def a_unlink(self, missing_ok: bool = False) -> None:
+        await asyncio.to_thread(self.path.unlink, missing_ok=missing_ok)
+
+    async def a_mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        await asyncio.to_thread(self.path.mkdir, parents=parents, exist_ok=exist_ok)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not defined here: delegate to the local side.

@@ -15,7 +15,10 @@ point group ``xqute_ssh`` (loaded the first time an ``Xqute`` is built, never
 at import).
 
 Async hooks are awaited in plugin priority order.  The ``on_jobcmd_*`` hooks
-are synchronous because they build the wrapper script text.
+are synchronous because they build the wrapper script text.  Hooks whose
+answer matters (``on_shutdown``, ``on_job_submitting``, ``on_job_killing``)
+run every plugin and take the first answer that is not None, as in xqute: a
+plugin with nothing to say does not hide another's False.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ async def on_init(xqute: Xqute) -> None:
     """Fires when a run starts (``run_until_complete``), before any submission."""
 
 
-@plugin.spec(result=SimplugResult.TRY_ALL_FIRST)
+@plugin.spec(result=SimplugResult.TRY_ALL_FIRST_AVAIL)
 async def on_shutdown(xqute: Xqute, sig: signal.Signals | None) -> bool | None:
     """Fires when a run ends.
 
@@ -68,7 +71,7 @@ async def on_job_queued(scheduler: Scheduler, job: Job) -> None:
     """Fires when a job enters the queue, and again each time it is retried."""
 
 
-@plugin.spec(result=SimplugResult.TRY_ALL_FIRST)
+@plugin.spec(result=SimplugResult.TRY_ALL_FIRST_AVAIL)
 async def on_job_submitting(scheduler: Scheduler, job: Job) -> bool | None:
     """Fires right before a job is submitted.
 
@@ -95,7 +98,7 @@ async def on_job_polling(scheduler: Scheduler, job: Job, counter: int) -> None:
     """Fires for every active job on every poll cycle; ``counter`` counts cycles."""
 
 
-@plugin.spec(result=SimplugResult.TRY_ALL_FIRST)
+@plugin.spec(result=SimplugResult.TRY_ALL_FIRST_AVAIL)
 async def on_job_killing(scheduler: Scheduler, job: Job) -> bool | None:
     """Fires before a job is killed; return False to leave it running."""
 

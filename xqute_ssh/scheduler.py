@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 from . import attempt, fileio, staging
 from .attempt import Action, AttemptRecord
-from .errors import ConfigError, JobSubmissionError
-from .job import Job
+from .errors import ConfigError, JobSubmissionError, WorkdirError
+from .job import Job, normalize_envs
 from .outcome import FINAL_FAILURE, failure_line
 from .path import SpecPath
 from .plugin import plugin
@@ -93,7 +93,7 @@ class Scheduler(ABC):
         jobname_prefix: str | None = None,
         submission_batch: int | None = None,
         recheck_interval: int = 10,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         timeout: float = 0,
         mounted_workdir: str | None = None,
         poll_interval: float = 0.1,
@@ -134,7 +134,9 @@ class Scheduler(ABC):
         self.recheck_interval = max(1, int(recheck_interval))
         # Relative: to the controller's directory, as the user meant it (a
         # host would take it relative to its login's home).
-        self.cwd = os.path.abspath(os.path.expanduser(cwd)) if cwd else cwd
+        self.cwd: str | None = (
+            os.path.abspath(os.path.expanduser(cwd)) if cwd else None
+        )
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
         self.kill_grace = float(kill_grace)
@@ -150,6 +152,16 @@ class Scheduler(ABC):
         self.wakeup = asyncio.Event()
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
+        self._post_init_done = False
+
+    @property
+    def subm_batch(self) -> int:
+        """xqute's name for ``submission_batch``."""
+        return self.submission_batch
+
+    @subm_batch.setter
+    def subm_batch(self, value: int) -> None:
+        self.submission_batch = value
 
     def __repr__(self) -> str:
         return (
@@ -171,14 +183,39 @@ class Scheduler(ABC):
         return None
 
     # ----------------------------------------------------------------- jobs
-    def create_job(
+    async def create_job(
         self,
         index: int,
         cmd: str | Sequence[Any],
         envs: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Create a job (its command and envs are checked here)."""
-        return self.job_class(index, cmd, self.workdir, envs)
+        """Create a job and its metadata directory.
+
+        The command and envs are checked here; the command may be empty
+        (frameworks such as pipen set ``job.cmd`` afterwards) but not once
+        the job is submitted.  ``job_class`` is called with keywords, as
+        xqute does, so a framework's Job subclass with xqute's signature
+        works.  The scheduler's ``post_init`` runs before its first job.
+        """
+        if not self._post_init_done:
+            await self.post_init()
+            self._post_init_done = True
+        job = self.job_class(
+            index=index,
+            cmd=cmd,
+            workdir=self.workdir,
+            error_retry=self.error_strategy == JobErrorStrategy.RETRY,
+            num_retries=self.num_retries,
+            envs=envs,
+        )
+        try:
+            await fileio.mkdir(job.metadir)
+        except OSError as exc:
+            raise WorkdirError(
+                f"job {index}: cannot create its directory {str(job.metadir)!r}: "
+                f"{exc.strerror or exc}; choose another workdir or fix its permissions"
+            ) from exc
+        return job
 
     # ------------------------------------------------------- wrapper script
     @property
@@ -205,7 +242,8 @@ class Scheduler(ABC):
             job_index=job.index,
             metadir=str(self.workdir.mounted),
             job_metadir=str(job.metadir.mounted),
-            envs=job.envs,
+            # str() again: a framework may have put an int in job.envs.
+            envs=normalize_envs(job.envs),
             shebang=self.jobcmd_shebang(job),
             wrapper_init=self.jobcmd_wrapper_init,
             hook_init=self.jobcmd_init(job),
@@ -254,8 +292,12 @@ class Scheduler(ABC):
         if old == new_status and not persist and rc is None and not error_msg:
             return
         if not is_legal(old, new_status):
-            logger.debug(
-                "job %s: ignoring %s -> %s", job.index, old.name, new_status.name
+            # Never silent: a dropped change means the engine and the job's
+            # files disagree from here on.
+            logger.warning(
+                "job %s: ignoring the status change %s -> %s, which the job's "
+                "life cycle does not allow",
+                job.index, old.name, new_status.name,
             )
             return
         try:
@@ -279,7 +321,10 @@ class Scheduler(ABC):
             )
         job._set_status_nofile(new_status)
         if old != new_status:
-            logger.debug("job %s: %s -> %s", job.index, old.name, new_status.name)
+            # xqute's wording: log watchers written for xqute / pipen match it.
+            logger.debug(
+                "/Job-%s Status changed: %r -> %r", job.index, old.name, new_status.name
+            )
 
         if new_status == JobStatus.QUEUED:
             job._started_hook_done = False
@@ -316,7 +361,8 @@ class Scheduler(ABC):
         await plugin.hooks.on_job_failed(self, job)
         if self.error_strategy == JobErrorStrategy.HALT and not self.halted:
             logger.error(
-                "job %s failed and error_strategy is 'halt': stopping the run",
+                "Pipeline will halt: job %s failed and error_strategy is 'halt' "
+                "(no new job starts; running jobs are killed)",
                 job.index,
             )
             self.halted = True
@@ -414,6 +460,11 @@ class Scheduler(ABC):
             return True
         if not self.resume or record.same_command is False or record.killed:
             return False
+        if record.status is None:
+            # A job id, no process, and no status at all: no attempt ever ran
+            # here (each writes SUBMITTED before it starts); a job.jid that a
+            # plugin wrote is not one.
+            return False
         try:
             ended = await self.ended_unobserved(job)
         except Exception as exc:
@@ -486,10 +537,34 @@ class Scheduler(ABC):
         its end itself, so the controller can never overwrite those); on a
         failure the job ends FAILED with the reason in job.stderr.
         """
+        if job.status.is_active:
+            raise JobSubmissionError(
+                f"job {job.index} is already {job.status.name}: wait for it to "
+                "end (or kill it) before submitting it again"
+            )
+        if job.status != JobStatus.QUEUED:
+            # Straight from creation (not through Xqute.feed), or again after
+            # it ended: it joins the life cycle here, so the engine tracks it
+            # (and can kill it) like any other job.
+            await self.transition_job_status(job, JobStatus.QUEUED)
         if await self.job_is_submitted_or_running(job):
             return
+        if self.halted:
+            # error_strategy "halt" and a job failed: nothing new starts,
+            # whoever drives the scheduler.
+            await self.transition_job_status(
+                job,
+                JobStatus.FAILED,
+                rc=-1,
+                error_msg="xqute: not submitted: the run halted after a job failed",
+                persist=True,
+            )
+            return
         if await plugin.hooks.on_job_submitting(self, job) is False:
-            if not job.status.is_terminal:
+            if job.status.is_active:
+                # The plugin started the job itself: follow it from here.
+                self.wakeup.set()
+            elif not job.status.is_terminal:
                 await self.transition_job_status(
                     job,
                     JobStatus.FAILED,
@@ -559,7 +634,10 @@ class Scheduler(ABC):
         old = job.status
         job._set_status_nofile(JobStatus.KILLING)
         if await plugin.hooks.on_job_killing(self, job) is False:
-            job._set_status_nofile(old)
+            # Left alone; keep a status the plugin set itself (it may have
+            # stopped the job its own way and recorded the outcome).
+            if job.status == JobStatus.KILLING:
+                job._set_status_nofile(old)
             return
         error = None
         with contextlib.suppress(OSError):
@@ -606,8 +684,12 @@ class Scheduler(ABC):
                 tg.create_task(self.kill_job_and_update_status(job))
 
     # --------------------------------------------------------------- polling
-    def count_running_jobs(self, jobs: Sequence[Job]) -> int:
-        """How many of ``jobs`` hold a slot (no I/O; the producer's check)."""
+    async def count_running_jobs(self, jobs: Sequence[Job]) -> int:
+        """How many of ``jobs`` hold a slot (queued or active).
+
+        No I/O here (a coroutine as in xqute, so backends may override it
+        with one); Xqute asks before each submission.
+        """
         holding = _SLOT_HOLDING  # one set lookup per job: called per submission
         return sum(1 for j in jobs if j.status in holding)
 
@@ -714,18 +796,31 @@ class Scheduler(ABC):
             )
 
     async def jobs_fail_before_running(self, jobs: Sequence[Job]) -> list[bool]:
-        """Batch form of ``job_fails_before_running``; backends may do one
-        round trip per host here."""
-        return [await self.job_fails_before_running(job) for job in jobs]
+        """For each active (SUBMITTED or RUNNING) job: is its process gone?
+
+        The poller fails those that also wrote no final status (lost jobs).
+        Backends override this with one round trip per host.
+        """
+        return [not await self.job_is_running(job) for job in jobs]
 
     async def job_fails_before_running(self, job: Job) -> bool:
-        """Whether an active job's process is gone without a final status."""
-        return not await self.job_is_running(job)
+        """Whether a submitted job died before it started its command.
+
+        xqute's question: the job has a job id, its process is gone, and its
+        status file never got to RUNNING.  False when there is no job id or
+        the process still runs.  (Jobs lost later are found by the poller
+        through ``jobs_fail_before_running``.)
+        """
+        if not await job.get_jid() or await self.job_is_running(job):
+            return False
+        status = JobStatus.parse(await fileio.read_text(job.status_file) or "")
+        return status is None or status < JobStatus.RUNNING
 
     # ------------------------------------------------------------- backends
     @abstractmethod
-    async def submit_job(self, job: Job) -> str:
-        """Start the job's wrapper; return its job id once it has started."""
+    async def submit_job(self, job: Job) -> str | int:
+        """Start the job's wrapper; return its job id once it has started
+        (an int such as a pid is fine: it is kept as text)."""
 
     @abstractmethod
     async def kill_job(self, job: Job) -> None:

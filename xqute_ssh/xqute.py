@@ -29,7 +29,7 @@ from typing import Any, Literal, overload
 
 from . import fileio, staging
 from .errors import ConfigError, WorkdirError
-from .job import Job
+from .job import Job, normalize_cmd, normalize_envs
 from .outcome import RunOutcome
 from .path import SpecPath
 from .plugin import load_entrypoint_plugins, plugin
@@ -79,6 +79,10 @@ class Xqute:
     ) -> None:
         load_entrypoint_plugins()
         self._plugins = list(plugins) if plugins is not None else None
+        # Unknown plugin names fail here, not when the run starts (entering
+        # and leaving the context changes nothing).
+        with plugin.plugins_context(self._plugins):
+            pass
         scheduler_cls = get_scheduler(scheduler)
         opts = dict(scheduler_opts or {})
         self.scheduler: Scheduler = scheduler_cls(
@@ -97,7 +101,10 @@ class Xqute:
         self._slot_changed = asyncio.Event()
         self._submit_tasks: set[asyncio.Task[None]] = set()
         self._feeding = True
+        self._keep_feeding = False
         self._stopping = False
+        self._cancel_requested = False
+        self._slot_lock = asyncio.Lock()
         self._workdir_ready = False
         self._run_task: asyncio.Task[None] | None = None
         self._signal: signal.Signals | None = None
@@ -137,7 +144,7 @@ class Xqute:
 
     async def feed(
         self,
-        cmd: str | Sequence[Any],
+        cmd: str | Sequence[Any] | Job,
         envs: Mapping[str, Any] | None = None,
         *,
         stage_in: StageSpec | None = None,
@@ -146,11 +153,12 @@ class Xqute:
         """Queue one job; its command, envs and staged files are checked now.
 
         ``cmd`` is an argv (list: each item reaches the program byte for
-        byte) or shell code (str, run by bash).  ``stage_in`` (local paths, or
-        ``{local: dest}``) are copied into the job's directory before it runs;
-        ``stage_out`` (paths relative to the job's directory, or ``{path:
-        local_dest}``) come back after it succeeded.  Jobs that stage run in
-        their job directory.
+        byte), shell code (str, run by bash), or a Job made with
+        ``scheduler.create_job`` (``envs`` are then added to its own).
+        ``stage_in`` (local paths, or ``{local: dest}``) are copied into the
+        job's directory before it runs; ``stage_out`` (paths relative to the
+        job's directory, or ``{path: local_dest}``) come back after it
+        succeeded.  Jobs that stage run in their job directory.
         """
         if not self._feeding:
             raise ConfigError("feeding has stopped; start a new Xqute for more jobs")
@@ -159,6 +167,18 @@ class Xqute:
                 "stage_in / stage_out need a workdir on a filesystem, not "
                 f"{self.scheduler.workdir}; stage through the cloud storage instead"
             )
+        if isinstance(cmd, Job):
+            job = cmd
+            if job.status != JobStatus.INIT:  # fed already, or submitted
+                raise ConfigError(
+                    f"job {job.index} is {job.status.name}, not new: it was "
+                    "fed already or submitted; feed only new jobs"
+                )
+            job.envs.update(normalize_envs(envs))
+        else:
+            # Checked before anything is made: a clear error, no metadir.
+            normalize_cmd(cmd)
+            normalize_envs(envs)
         staged_in = (
             await asyncio.to_thread(staging.parse_stage_in, stage_in)
             if stage_in
@@ -166,16 +186,57 @@ class Xqute:
         )
         staged_out = staging.parse_stage_out(stage_out)
         await self._ensure_workdir()
-        job = self.scheduler.create_job(len(self.jobs), cmd, envs)
+        if not isinstance(cmd, Job):
+            job = await self.scheduler.create_job(len(self.jobs), cmd, envs)
         job.stage_in, job.stage_out = staged_in, staged_out
-        # The metadir is made at submission, in the same worker-thread hop as
-        # the rest of the job's files: feeding 10,000 jobs stays cheap.
         self.jobs.append(job)
         with self._plugin_ctx():
             await plugin.hooks.on_job_init(self.scheduler, job)
             await self.scheduler.transition_job_status(job, JobStatus.QUEUED)
         self._queue.put_nowait(job)
         return job
+
+    def is_feeding(self) -> bool:
+        """True while a run started with ``keep_feeding`` waits for
+        ``stop_feeding()``."""
+        return self._keep_feeding and self._feeding and self._run_task is not None
+
+    def cancel(self, sig: signal.Signals | None = None) -> None:
+        """Stop the run: nothing new starts, running jobs are killed.
+
+        Safe to call from a callback (not a coroutine) and before or after
+        the run; ``on_shutdown`` gets ``sig`` and may decline (returning
+        False), as on SIGINT / SIGTERM, which call this.
+        """
+        if sig is not None:
+            logger.warning(
+                "Got signal %r: stopping (no new jobs; running jobs are killed)",
+                sig.name,
+            )
+        else:
+            logger.warning("cancelled: stopping (no new jobs; running jobs are killed)")
+        self._request_stop(sig)
+
+    def _request_stop(self, sig: signal.Signals | None) -> None:
+        self._cancel_requested = True
+        self._signal = sig
+        self._signalled = True
+        self._signalled_event.set()
+        self.scheduler.stopping = True
+        self.scheduler.wakeup.set()
+        self._slot_changed.set()
+
+    def __del__(self) -> None:
+        # A run left waiting for more jobs would never end; say so.
+        try:
+            if self.is_feeding():
+                logger.warning(
+                    "an Xqute is being deleted while its run still waits for jobs "
+                    "(run_until_complete(keep_feeding=True) with no stop_feeding()). "
+                    "Did you forget to call 'await xqute.stop_feeding()'?"
+                )
+        except Exception:  # interpreter shutdown: nothing to tell
+            pass
 
     # ------------------------------------------------------------------ run
     @overload
@@ -199,6 +260,7 @@ class Xqute:
         if self._run_task is not None:
             raise RuntimeError("this Xqute is already running")
         if keep_feeding:
+            self._keep_feeding = True
             self._run_task = asyncio.create_task(self._run())
             return None
         self._feeding = False
@@ -251,16 +313,21 @@ class Xqute:
             try:
                 await plugin.hooks.on_init(self)
                 while True:
-                    await self._run_once()
-                    if self._signal is None:
+                    if not self._cancel_requested:
+                        await self._run_once()
+                    if not self._cancel_requested:
                         await plugin.hooks.on_shutdown(self, None)
                         break
-                    sig, self._signal = self._signal, None
-                    if await plugin.hooks.on_shutdown(self, sig) is not False:
-                        self.stopped_by = sig
+                    got, self._signal = self._signal, None
+                    self._cancel_requested = False
+                    if await plugin.hooks.on_shutdown(self, got) is not False:
+                        self.stopped_by = got
                         await self._stop_everything()
                         break
-                    logger.warning("a plugin declined to shut down on %s", sig.name)
+                    logger.warning(
+                        "a plugin declined to shut down on %s",
+                        got.name if got is not None else "cancel()",
+                    )
                     self._signalled = self.scheduler.stopping = False
                     self._signalled_event.clear()
             except asyncio.CancelledError:
@@ -307,12 +374,7 @@ class Xqute:
             sig.name,
             sig.name,
         )
-        self._signal = sig
-        self._signalled = True
-        self._signalled_event.set()
-        self.scheduler.stopping = True
-        self.scheduler.wakeup.set()
-        self._slot_changed.set()
+        self._request_stop(sig)
 
     async def _stop_everything(self) -> None:
         """No more submissions; end the in-flight ones; kill what runs."""
@@ -334,23 +396,36 @@ class Xqute:
         self._queue.put_nowait(job)
 
     # ------------------------------------------------------------ consumers
-    def _slot_free(self) -> bool:
-        # Fewer jobs held than forks: free without counting (a job in
-        # _active holds at most one slot); checked once per submission.
-        if len(self._active) < self.scheduler.forks:
-            return True
-        return self.scheduler.count_running_jobs(self._active) < self.scheduler.forks
+    def _stop_submitting(self) -> bool:
+        return self._stopping or self._cancel_requested or self.scheduler.halted
+
+    async def _take_slot(self, job: Job) -> bool:
+        """Wait for a free slot and take it for ``job``; False if stopping.
+
+        One consumer at a time: the count and the taking must not be split
+        by another consumer's (a backend's count may do I/O).
+        """
+        async with self._slot_lock:
+            while True:
+                if self._stop_submitting():
+                    return False
+                # Fewer jobs held than forks: free without counting (a job
+                # in _active holds at most one slot).
+                if len(self._active) < self.scheduler.forks or (
+                    await self.scheduler.count_running_jobs(self._active)
+                    < self.scheduler.forks
+                ):
+                    self._active.append(job)
+                    return True
+                self._slot_changed.clear()
+                await self._slot_changed.wait()
 
     async def _consumer(self) -> None:
         while True:
             job = await self._queue.get()
-            while not self._slot_free():
-                self._slot_changed.clear()
-                await self._slot_changed.wait()
-            if self._stopping or self._signal is not None or self.scheduler.halted:
+            if not await self._take_slot(job):
                 self._queue.put_nowait(job)
                 return
-            self._active.append(job)
             # Shielded: a started submission always runs to its end.
             task = asyncio.create_task(self._submit(job))
             self._submit_tasks.add(task)
@@ -362,8 +437,9 @@ class Xqute:
 
     # --------------------------------------------------------------- poller
     async def _unless_stopped(self, task: asyncio.Future[Any]) -> bool:
-        """Await ``task``; if a signal comes first, cancel it and return False."""
-        if self._signal is None:
+        """Await ``task``; if a stop (signal, cancel) comes first, cancel it
+        and return False."""
+        if not self._cancel_requested:
             stop = asyncio.ensure_future(self._signalled_event.wait())
             try:
                 await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -405,7 +481,7 @@ class Xqute:
                 if len(self._active) != before:
                     self._n_ended += before - len(self._active)
                     self._slot_changed.set()
-            if self._signal is not None or sched.halted:
+            if self._cancel_requested or sched.halted:
                 return
             if self._finished():
                 return

@@ -226,7 +226,7 @@ class RunMonitor:
 
     async def _end(self, job: Job, outcome: Outcome, rc: int | None = None) -> None:
         if rc is None:
-            rc = await job.get_rc()
+            rc = await job.read_rc()
         self._slots.pop(job.index, None)
         host = self.tally.host_of_running(job.index) or self._host(job)
         ending = self.tally.ended_as(job.index, outcome, rc, host)

@@ -148,7 +148,7 @@ class LocalScheduler(Scheduler):
             spec.job_metadir = str(self.run_dir(job))
         return spec
 
-    async def submit_job(self, job: Job) -> str:
+    async def submit_job(self, job: Job) -> int:
         job.extra.pop("wrapper_exited", None)
         await self.stage_job_in(job)
         if self.mirror is None:
@@ -164,7 +164,7 @@ class LocalScheduler(Scheduler):
         task = asyncio.create_task(self._watch(job, proc))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
-        return str(proc.pid)
+        return proc.pid
 
     async def _watch(self, job: Job, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -196,6 +196,14 @@ class LocalScheduler(Scheduler):
             return False
         script = self.run_dir(job) / job.wrapped_script_file(self.name).name
         return await asyncio.to_thread(wrapper_runs, pid, script)
+
+    async def job_fails_before_running(self, job: Job) -> bool:
+        # A job id that is no pid is not ours to judge.
+        try:
+            int(await job.get_jid() or "")
+        except ValueError:
+            return False
+        return await super().job_fails_before_running(job)
 
     async def jobs_fail_before_running(self, jobs: list[Job]) -> list[bool]:  # type: ignore[override]
         out = []
