@@ -250,7 +250,9 @@ async def test_sshd_killed_mid_run_and_restarted(sshd_cluster, tmp_path: Path,
         back_at.append(time.time())
 
     task = asyncio.create_task(outage())
-    xq = await full_run(servers, tmp_path / "wd", counter, n=24, seconds=0.5, forks=6)
+    # Enough jobs that the run outlasts the outage plus the probe backoff
+    # (the good host alone takes ~6 s for them): the victim must be seen back.
+    xq = await full_run(servers, tmp_path / "wd", counter, n=48, seconds=0.5, forks=6)
     await task
     messages = [m for m in (r.getMessage() for r in caplog.records)
                 if m.startswith("host ") and victim.spec_string in m]

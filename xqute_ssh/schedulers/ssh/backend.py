@@ -522,8 +522,11 @@ class SshBackend:
         The wrapper writes job.pid ("pid starttime") first thing; if it
         appears, the job runs and is adopted instead of being started twice.
         """
-        if not exc.retryable or host.probe is None:
-            return None  # probe not done: the launch was never sent
+        if not exc.retryable or isinstance(exc, SshConnectError) or host.probe is None:
+            # Not connected, or probe not done: the launch was never sent.
+            # (Waiting here would also report a stale failure afterwards and
+            # take a host that came back in the meantime out again.)
+            return None
         remote_pid = "" if host.shared else shlex.quote(host.job_dir(ref.index) + "/job.pid")
         deadline = time.monotonic() + LAUNCH_ADOPT_WAIT
         while time.monotonic() < deadline:
