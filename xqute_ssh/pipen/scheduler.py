@@ -45,8 +45,7 @@ from ..errors import ConfigError
 from ..path import SpecPath
 from ..schedulers.local import kill_wrapper, start_wrapper, wrapper_runs
 from ..schedulers.ssh.backend import JobRef, SshBackend
-from ..schedulers.ssh.options import CONNECTION_KEYS, parse_servers
-from ..ssh.config import DEFAULT_KNOWN_HOSTS
+from ..schedulers.ssh.options import CONNECTION_KEYS, parse_servers, pop_server_defaults
 from ..ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL
 from ..status import JobStatus
 from ..wrapper import WrapperSpec, render
@@ -226,11 +225,7 @@ class PipenSshScheduler(_PipenScheduler):
         lost_after: float = 30.0,
         **kwargs: Any,
     ) -> None:
-        server_defaults = {
-            k: kwargs.pop(k) for k in list(kwargs) if k in CONNECTION_KEYS | {"shared_fs"}
-        }
-        if "forks_per_server" in kwargs:
-            server_defaults["forks"] = kwargs.pop("forks_per_server")
+        server_defaults = pop_server_defaults(kwargs)
         _check_options(
             self.name,
             {k: v for k, v in kwargs.items() if k != "kill_grace"},
@@ -244,7 +239,6 @@ class PipenSshScheduler(_PipenScheduler):
                 "the xqute_ssh scheduler needs servers: scheduler_opts="
                 '{"servers": {"name": {"host": ..., "user": ...}}} or ["user@host"]'
             )
-        server_defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
         self.servers = parse_servers(servers, server_defaults)
         self.backend = SshBackend(
             self.servers,

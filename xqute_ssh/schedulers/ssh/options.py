@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ...errors import ConfigError
 from ...ssh import HostConfig
+from ...ssh.config import DEFAULT_KNOWN_HOSTS
 
 #: Options that go straight into HostConfig (the connection's settings).
 CONNECTION_KEYS = frozenset(
@@ -108,6 +109,20 @@ def _check_keyfiles(where: str, keyfiles: Sequence[str]) -> None:
                 f"(mode {stat.S_IMODE(mode):04o}); OpenSSH refuses such keys: "
                 f"chmod 600 {keyfile}"
             )
+
+
+def pop_server_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the scheduler-level options that are defaults for every server
+    (connection options, ``shared_fs``, ``forks_per_server``) out of ``kwargs``.
+
+    Both front ends (our ``SshScheduler`` and pipen's) accept them at the top
+    level of ``scheduler_opts``; what is left belongs to the scheduler itself.
+    """
+    defaults = {k: kwargs.pop(k) for k in list(kwargs) if k in CONNECTION_KEYS | {"shared_fs"}}
+    if "forks_per_server" in kwargs:
+        defaults["forks"] = kwargs.pop("forks_per_server")
+    defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
+    return defaults
 
 
 def parse_servers(

@@ -19,14 +19,13 @@ from ...attempt import AttemptRecord
 from ...errors import ConfigError
 from ...job import Job
 from ...scheduler import Scheduler
-from ...ssh.config import DEFAULT_KNOWN_HOSTS
 from ...ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL, HostHealth
 from ...status import JobStatus
 from ...wrapper import render
 from .backend import JobRef, SshBackend, parse_jid
 from .fencing import Fence
 from .host import SshHost
-from .options import CONNECTION_KEYS, parse_servers
+from .options import parse_servers, pop_server_defaults
 from .placement import Placement
 
 logger = logging.getLogger("xqute_ssh")
@@ -65,15 +64,8 @@ class SshScheduler(Scheduler):
         lost_after: float = 30.0,
         **kwargs: Any,
     ) -> None:
-        server_defaults = {
-            k: kwargs.pop(k)
-            for k in list(kwargs)
-            if k in CONNECTION_KEYS | {"shared_fs"}
-        }
-        if "forks_per_server" in kwargs:
-            server_defaults["forks"] = kwargs.pop("forks_per_server")
+        server_defaults = pop_server_defaults(kwargs)
         super().__init__(*args, **kwargs)
-        server_defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
         self.servers = parse_servers(servers, server_defaults)
         if self.workdir.is_cloud:
             # No host mounts a bucket: jobs run in remote job directories and
