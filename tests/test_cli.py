@@ -449,14 +449,14 @@ def test_status_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert [set(r) for r in records] == [
         {"index", "status", "host", "rc", "duration", "command"}
     ] * 3
-    first, second, queued = records
+    first, second, never = records
     assert first["index"] == 0 and first["status"] == "FINISHED" and first["rc"] == 0
     assert first["host"] == "local" and first["command"] == "sleep 0.2"
     assert 0.15 < first["duration"] < 30
     assert second["status"] == "FAILED" and second["rc"] == 3
-    assert queued == {
+    assert never == {
         "index": 7,
-        "status": "QUEUED",
+        "status": "NOT_STARTED",
         "host": None,
         "rc": None,
         "duration": None,

@@ -105,13 +105,16 @@ def _command(text: str | None) -> str | list[str] | None:
 def read_record(metadir: Path, index: int, now: float | None = None) -> JobRecord:
     """What one metadir says; missing files give None fields, never errors."""
     status_text = _read(metadir / "job.status")
+    jid = _read(metadir / "job.jid")
+    if status_text is None and jid is None and _mtime(metadir / "job.cmd") is None:
+        # A metadir is made when a job is fed; nothing in it: never submitted.
+        return JobRecord(index, NOT_STARTED, None, None, None, None)
     if status_text is None:
         status_name = JobStatus.QUEUED.name
         parsed = None
     else:
         parsed = JobStatus.parse(status_text)
         status_name = parsed.name if parsed is not None else "UNKNOWN"
-    jid = _read(metadir / "job.jid")
     started = _mtime(metadir / "job.cmd") or _mtime(metadir / "job.jid")
     duration = None
     if started is not None and parsed is not None:
