@@ -348,7 +348,7 @@ def test_cli_ctrl_c_with_a_refused_host_then_a_second_forces_exit(sshd_cluster,
             proc.wait()
     assert proc.returncode == 130, err
     assert took < STOP_BOUND, took
-    assert good.job_pids() == []
+    asyncio.run(nothing_left(good))  # the host-side kill helpers may still be exiting
     assert "Traceback" not in err
     both = " ".join((out + err).split())  # rich wraps long lines
     assert both.count("is down") == 1, both  # one line, not one per job
