@@ -58,11 +58,16 @@ def _read_cloud(path: CloudPath) -> str:
 
 
 def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
-    """Write a whole small file in place, in one write.
+    """Write a whole small file in place: the data first, then the size.
 
     In place rather than tmp + rename: a new inode per write costs far more
-    than the write on many filesystems, and every reader of these files
-    (status, rc, jid) treats an empty read as "no news yet".
+    than the write on many filesystems.  Not truncated first: a controller
+    killed between the truncation and the write left an empty job.status,
+    and a restart then took a job that had ended for one never started (it
+    ran twice).  Now a kill leaves the old content or the new one (while a
+    shorter text replaces a longer one, the old tail stays until the final
+    truncate; readers of these files treat what they cannot parse as "no
+    news yet", as they do an empty read).
     """
     target = _p(path)
     if isinstance(target, CloudPath):
@@ -70,14 +75,15 @@ def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
         return
     data = text.encode("utf-8", "surrogateescape")
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT, mode)
     except FileNotFoundError:  # a job's metadir is made lazily
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
 

@@ -408,6 +408,8 @@ class Scheduler(ABC):
         """
         record = await attempt.read_record(job, self.pid_file(job))
         action = attempt.decide(record, self.resume)
+        if record.status is not None or record.jid:
+            logger.debug("job %s: earlier attempt %s: %s", job.index, record, action.name)
         if self.resume and record.same_command is not False:
             # Earlier attempts count against num_retries, and a new failed
             # attempt is archived after them, never over them.
@@ -426,6 +428,7 @@ class Scheduler(ABC):
             return True
         jid = await self._recover_started_jid(job, record)
         if not jid:
+            logger.debug("job %s: no process of that attempt is known: started anew", job.index)
             return False
         try:
             alive = await self.job_is_running(job)
@@ -460,20 +463,24 @@ class Scheduler(ABC):
             return True
         if not self.resume or record.same_command is False or record.killed:
             return False
-        if record.status is None:
-            # A job id, no process, and no status at all: no attempt ever ran
-            # here (each writes SUBMITTED before it starts); a job.jid that a
-            # plugin wrote is not one.
-            return False
         try:
             ended = await self.ended_unobserved(job)
         except Exception as exc:
+            if record.status is None:
+                return False  # see below
             logger.warning(
                 "job %s: cannot read how job id %s ended (%s); re-attaching and "
                 "watching it", job.index, jid, exc,
             )
             await self.transition_job_status(job, JobStatus.SUBMITTED)
             return True
+        if ended is None and record.status is None:
+            # A job id, no process, no status here and none where it ran: no
+            # attempt of ours ran (each writes SUBMITTED before it starts); a
+            # job.jid that a plugin wrote is not one.  (With no status here
+            # but a final one on its host, the controller died while writing
+            # the fetched end: that attempt is reported, not run again.)
+            return False
         await self.transition_job_status(job, JobStatus.SUBMITTED)
         if ended is None:
             # Started, gone, no final status: that attempt ended too.

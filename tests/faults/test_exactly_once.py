@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,11 +28,30 @@ N_JOBS = 20
 SLEEP = 0.6
 
 CONTROLLER = """
-import asyncio, json, sys
+import asyncio, json, logging, os, signal, sys
 from xqute_ssh import Xqute
+logging.basicConfig(
+    filename=os.environ["XQ_TEST_LOG"], level=logging.DEBUG,
+    format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
 servers, workdir, markers, n, sleep = (
     json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+def dump_tasks():
+    # The test sends SIGUSR1 to a controller that hangs: say where each
+    # task waits, so the failure names the culprit.
+    import io
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"{task.get_name()}:\\n")
+        coro = task.get_coro()
+        while coro is not None and hasattr(coro, "cr_frame"):
+            frame = coro.cr_frame
+            if frame is not None:
+                out.write(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\\n")
+            coro = coro.cr_await
+        out.write(f"  waits on {coro!r}\\n")
+    logging.getLogger("test").error("tasks at the hang:\\n%s", out.getvalue())
 async def main():
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     if servers:
         xq = Xqute("ssh", forks=8, workdir=workdir,
                    scheduler_opts={"servers": servers, "poll_interval": 0.05})
@@ -83,8 +103,17 @@ async def _run_to_end(args: list[str]) -> list[list[Any]]:
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    async with asyncio.timeout(90):  # hang guard
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(90):  # hang guard
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(1)  # let it write where its tasks wait
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        log = await asyncio.to_thread(Path(os.environ["XQ_TEST_LOG"]).read_text)
+        at = log.rfind("tasks at the hang")
+        raise AssertionError(f"the last controller hung:\n{log[at:][:8000]}") from None
     assert proc.returncode == 0, err.decode()[-3000:]
     return json.loads(out.decode().splitlines()[-1])
 
@@ -123,9 +152,14 @@ CASES = [
 
 @pytest.mark.parametrize(("kind", "moment"), CASES)
 async def test_controller_killed_each_job_runs_exactly_once(
-    kind: str, moment: str, sshd_cluster_factory: Any, tmp_path: Path
+    kind: str,
+    moment: str,
+    sshd_cluster_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     servers, workdir = _workdirs(kind, sshd_cluster_factory, tmp_path)
+    monkeypatch.setenv("XQ_TEST_LOG", str(tmp_path / "controllers.log"))
     script = tmp_path / "controller.py"
     script.write_text(CONTROLLER)
     markers = tmp_path / "markers"
@@ -143,6 +177,17 @@ async def test_controller_killed_each_job_runs_exactly_once(
         for f in markers.iterdir()
         if f.read_text() != "start\nend\n"
     }
-    assert twice == {}, f"{len(twice)} of {N_JOBS} jobs did not run exactly once"
+    if twice:
+        log = (tmp_path / "controllers.log").read_text().splitlines()
+        said = [
+            line for line in log
+            if "asyncssh" not in line and any(
+                f"Job-{i} " in line or f"job {i}:" in line for i in twice
+            )
+        ]
+        joined = "\n".join(said)
+        raise AssertionError(
+            f"{len(twice)} of {N_JOBS} jobs did not run exactly once: {twice}\n{joined}"
+        )
     expected = [["FAILED", 3] if i % 5 == 0 else ["FINISHED", 0] for i in range(N_JOBS)]
     assert result == expected

@@ -412,6 +412,24 @@ def test_session_refused_lowers_capacity(loop, clock) -> None:
     assert state.stats().capacity == 2
 
 
+def test_limit_learned_on_one_connection_caps_all_of_the_host(loop, clock) -> None:
+    """MaxSessions belongs to the server: a refusal on #1 caps #2 and new ones."""
+    state = make(clock, max_sessions=8, max_connections=3)
+    ws = [want(state, loop, Want.SESSION) for _ in range(16)]
+    first = open_ready(state)
+    second = open_ready(state)
+    state.assign()
+    for _ in range(2):
+        state.channel_opened(first)
+    state.release(lease(ws[2]))
+    state.session_refused(first)  # 2 accepted, the third refused
+    assert (first.capacity, second.capacity) == (2, 2)
+    want(state, loop, Want.SESSION)
+    third = open_ready(state)
+    assert third.capacity == 2
+    assert state.stats().capacity <= 2 * state.stats().connections
+
+
 def test_retired_control_is_replaced_and_stale_leases_are_noops(loop, clock) -> None:
     state = make(clock, max_sessions=3, max_connections=1)
     c1 = want(state, loop, Want.CONTROL)

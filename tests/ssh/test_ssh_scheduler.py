@@ -241,6 +241,42 @@ async def test_controller_sigkill_and_restart_runs_no_job_twice(
         assert read(counter / str(i)) == "x\n", f"job {i} ran twice: {err.decode()[-3000:]}"
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "unshared"])
+async def test_rerun_with_more_ended_jobs_than_slots_starts_the_new_ones(
+    sshd_cluster_factory: Any, tmp_path: Path, shared: bool
+) -> None:
+    """Jobs a rerun finds ended (reported, not run again) must not keep
+    the slots they held: with more of them than slots, the new job waited
+    for a slot for ever (seen after two controller deaths in a row)."""
+    if shared:
+        cluster = sshd_cluster_factory(n=1)
+        workdir = tmp_path / "wd"
+    else:
+        hidden = tmp_path / "hidden"
+        hidden.mkdir()
+        cluster = sshd_cluster_factory(n=1, private_dirs=(str(hidden),))
+        workdir = hidden / "wd"
+
+    def make() -> Xqute:
+        return Xqute(
+            "ssh",
+            forks=2,
+            workdir=workdir,
+            scheduler_opts={"servers": servers(cluster)},
+        )
+
+    first = make()
+    for i in range(4):
+        await first.feed(["echo", str(i)])
+    await run(first)
+    second = make()
+    for i in range(5):  # the first four ended already; the fifth is new
+        await second.feed(["echo", str(i)])
+    await run(second, timeout=60)  # hang guard: hung here before the fix
+    assert [j.status for j in second.jobs] == [JobStatus.FINISHED] * 5
+    assert [read(j.stdout_file.path) for j in second.jobs] == [f"{i}\n" for i in range(5)]
+
+
 def test_bad_configuration_is_rejected_before_running(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs servers"):
         SshScheduler(workdir=tmp_path)

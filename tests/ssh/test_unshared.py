@@ -126,6 +126,49 @@ async def test_restart_reattaches_unshared_jobs(sshd_cluster_factory, tmp_path: 
         assert read(workdir / str(i) / "job.stdout") == "done\n"
 
 
+async def test_restart_after_a_cut_status_write_reports_the_end(
+    sshd_cluster_factory, tmp_path: Path
+) -> None:
+    """A controller killed while writing a job's status left it empty here;
+    the job ended on its host meanwhile.  The next controller must fetch
+    and report that end, not start the job again (it used to: it ran
+    twice)."""
+    import signal
+    import subprocess
+
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    host = cluster.hosts[0]
+    marker = f"/tmp/xq-unshared-cut-{os.getpid()}-{tmp_path.name}-"
+    host.run(["sh", "-c", f"rm -f {marker}*"])
+    script = tmp_path / "ctl.py"
+    script.write_text(
+        CONTROLLER.replace("sleep 2; echo done", "sleep 1; echo done; echo ended >> {marker}$1")
+    )
+    args = [sys.executable, str(script), json.dumps({"p": host.server_spec()}), str(workdir), marker]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    count = f"cat {marker}* 2>/dev/null | wc -l"
+    async with asyncio.timeout(60):  # hang guard: all four started
+        while host.run(["sh", "-c", count]).stdout.strip() != "4":
+            await asyncio.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    for i in range(4):  # what a kill mid-write of the status left
+        (workdir / str(i) / "job.status").write_text("")
+    async with asyncio.timeout(60):  # hang guard: all four ended on the host
+        while host.run(["sh", "-c", count]).stdout.strip() != "8":
+            await asyncio.sleep(0.1)
+    second = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async with asyncio.timeout(90):
+        out, err = await second.communicate()
+    runs = host.run(["sh", "-c", f"grep -c started {marker}* | cut -d: -f2"]).stdout.split()
+    host.run(["sh", "-c", f"rm -f {marker}*"])
+    assert second.returncode == 0, err.decode()
+    assert runs == ["1"] * 4, f"started this often: {runs}"
+    assert json.loads(out.decode().splitlines()[-1]) == ["FINISHED"] * 4
+    for i in range(4):
+        assert read(workdir / str(i) / "job.stdout") == "done\n"
+
+
 async def test_stage_in_and_out_over_ssh(sshd_cluster_factory, tmp_path: Path) -> None:
     """GNU parallel's --transfer / --return: names with spaces and quotes."""
     cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)

@@ -163,6 +163,9 @@ class PoolState:
         self.waiters: deque[Waiter] = deque()
         self.closed = False
         self.cooldown_until = 0.0
+        #: Channels per connection the server is known to accept (learned from
+        #: a refusal); every connection to one sshd shares its MaxSessions.
+        self.learned_sessions: int | None = None
         self._ids = 0
 
     # ---------------------------------------------------------- waiters
@@ -276,6 +279,8 @@ class PoolState:
         self.waiters = remaining
         if need_connection and self.may_open_connection():
             slot = ConnSlot(self._next_id(), self.max_sessions)
+            if self.learned_sessions is not None:
+                slot.capacity = min(slot.capacity, self.learned_sessions)
             slot.wants_control = need_control
             self.slots.append(slot)
             actions.append(OpenConnection(slot))
@@ -437,23 +442,35 @@ class PoolState:
         slot.control_load = 0
 
     def _lower_capacity(self, slot: ConnSlot) -> None:
-        """Cap the connection at the channels the server has actually accepted.
+        """Cap connections at the channels the server has actually accepted.
 
         Counting accepted channels, not our reservations, makes one refusal
         enough to learn the limit even when many opens race.  sshd frees a
         slot a moment after a channel closes, so this can undershoot by one:
-        safe, as more connections are opened instead.
+        safe, as more connections are opened instead.  MaxSessions is a
+        property of the server, not of one connection, so the limit learned
+        on one connection caps the others too (the largest count seen at a
+        refusal, as undershooting is the only error); without that, a
+        connection that happened never to be refused kept the configured
+        ``max_sessions`` and kept getting refused.
         """
         new = max(1, slot.established)
         if new < slot.capacity:
-            logger.warning(
-                "server refused a channel on connection #%d with %d open: using at "
-                "most %d per connection (set max_sessions below sshd's MaxSessions)",
-                slot.id,
-                slot.established,
-                new,
-            )
             slot.capacity = new
+        learned = max(new, self.learned_sessions or 0)
+        if learned == self.learned_sessions:
+            return
+        self.learned_sessions = learned
+        logger.warning(
+            "server refused a channel on connection #%d with %d open: using at "
+            "most %d per connection (set max_sessions below sshd's MaxSessions)",
+            slot.id,
+            slot.established,
+            learned,
+        )
+        for other in self.slots:
+            if other is not slot and other.capacity > learned:
+                other.capacity = learned
 
     def _drop(self, slot: ConnSlot) -> None:
         slot.alive = False

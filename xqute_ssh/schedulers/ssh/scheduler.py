@@ -205,7 +205,10 @@ class SshScheduler(Scheduler):
 
     async def job_is_submitted_or_running(self, job: Job) -> bool:
         running = await super().job_is_submitted_or_running(job)
-        if running:
+        if running and not job.status.is_terminal:
+            # Only an attempt that still runs holds a slot: one found ended
+            # was released already, and holding it now would leak the slot
+            # (enough of them and a restarted run waits for ever).
             self.backend.note_running(job.jid, job.index)
             self._sync_host(job)
         return running
