@@ -296,3 +296,29 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def test_jobs_started_in_batches_each_get_their_own_job_id(
+    sshd_cluster, tmp_path: Path
+) -> None:
+    """Many launches at once go out in batches (launcher.py): every job's id
+    names its own wrapper (the pid its job.pid records), never a neighbour's."""
+    xq = Xqute(
+        "ssh",
+        forks=48,
+        workdir=tmp_path / "wd",
+        scheduler_opts={"servers": servers(sshd_cluster)},
+    )
+    for i in range(96):
+        await xq.feed(["sh", "-c", f"echo {i}"])
+    await run(xq)
+    pids = set()
+    for job in xq.jobs:
+        assert job.status == JobStatus.FINISHED
+        assert read(job.stdout_file.path) == f"{job.index}\n"
+        parsed = parse_jid(job.jid)
+        assert parsed is not None
+        wrapper_pid = int(read(job.metadir.path / "job.pid").split()[0])
+        assert parsed[1] == wrapper_pid
+        pids.add((parsed[0], wrapper_pid))
+    assert len(pids) == 96

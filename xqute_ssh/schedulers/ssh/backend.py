@@ -432,14 +432,22 @@ class SshBackend:
     async def _launch(self, ref: JobRef, host: SshHost, request: str) -> CommandResult:
         """Send the launch request; if the run stops meanwhile, still learn
         the job's id (it may have started) so that the stop can kill it."""
-        task = asyncio.ensure_future(host.run(request))
+        if host.shared:
+            # Batched with the other launches to this host (launcher.py).
+            part = host.launches.submit(request)
+            task: asyncio.Future[CommandResult] = part.future
+        else:  # the request carries the script: sent on its own
+            part = None
+            task = asyncio.ensure_future(host.run(request))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
+            if part is not None and host.launches.withdraw(part):
+                raise  # never sent: nothing started
             reply: CommandResult | None = None
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(LAUNCH_STOP_WAIT):
-                    reply = await task
+                    reply = await asyncio.shield(task)
             if not task.done():
                 task.cancel()
             launched = remote.parse_launch(reply.stdout) if reply is not None else None

@@ -19,6 +19,7 @@ from ...errors import SshError
 from ...path import SpecPath
 from ...ssh import CommandResult, HostPool
 from . import remote, unshared
+from .launcher import LaunchBatcher
 from .options import ServerSpec
 
 logger = logging.getLogger("xqute_ssh")
@@ -49,6 +50,8 @@ class SshHost:
         self.remote_root: PurePosixPath | None = None
         #: Fetched remote job directories to delete on the next round trip.
         self.pending_rm: list[str] = []
+        #: Launches over the control session, batched under load.
+        self.launches = LaunchBatcher(self.run, self.label)
 
     def __repr__(self) -> str:
         shared = {None: "unprobed", True: "shared", False: "unshared"}[self.shared]
