@@ -72,11 +72,35 @@ xq_alarm() {
 
 # Touch job.pid every $XQ_HEARTBEAT seconds while we run (its mtime is the
 # heartbeat): where the workdir is shared, it tells a controller that cannot
-# reach this host whether the job still runs.  A plain /bin/sh, stopped like
-# the timer; no extra file, and short jobs never pay for a touch.
-xq_beat_sh='trap "kill \$! 2>/dev/null; exit 0" TERM; while :; do sleep "$2" & wait $!; kill -0 "$3" 2>/dev/null || exit 0; touch -c -- "$1" 2>/dev/null || exit 0; done'
+# reach this host whether the job still runs.  One fork of ours (a ( subshell )
+# has our traps reset to the defaults; until then the handlers ask
+# xq_is_wrapper), stopped like the timer; no extra file, and short jobs never
+# pay for a touch.  It waits with bash's own `read -t` on a FIFO that nobody
+# writes to (made once per user on the host), not with a `sleep` process per
+# beat: one process per job instead of two (a shell and its sleep).  Where the
+# FIFO cannot be made, or a read returns early (someone wrote to it, or it is
+# not a FIFO), it falls back to sleep.
 xq_heartbeat() {
-    /bin/sh -c "$xq_beat_sh" xq-beat "$XQUTE_JOB_METADIR/job.pid" "$XQ_HEARTBEAT" "$$" &
+    (
+        f=$XQUTE_JOB_METADIR/job.pid
+        fifo=${HOME:+$HOME/.cache/xqute-ssh/sleep.fifo}
+        if [ -n "$fifo" ] && [ ! -p "$fifo" ]; then
+            mkdir -p -- "${fifo%/*}" 2>/dev/null && mkfifo -m 600 -- "$fifo" 2>/dev/null
+            [ -p "$fifo" ] || fifo=
+        fi
+        while :; do
+            if [ -n "$fifo" ] && [ -p "$fifo" ] && [ -O "$fifo" ]; then
+                read -r -t "$XQ_HEARTBEAT" _ <> "$fifo"
+                [ $? -gt 128 ] || fifo=
+            else  # its own sleep goes with it
+                trap 'kill $! 2>/dev/null; exit 0' TERM
+                sleep "$XQ_HEARTBEAT" & wait $!
+                trap - TERM
+            fi
+            kill -0 "$$" 2>/dev/null || exit 0
+            touch -c -- "$f" 2>/dev/null || exit 0
+        done
+    ) </dev/null >/dev/null 2>&1 &
     xq_beat=$!
 }
 

@@ -322,3 +322,43 @@ async def test_jobs_started_in_batches_each_get_their_own_job_id(
         assert parsed[1] == wrapper_pid
         pids.add((parsed[0], wrapper_pid))
     assert len(pids) == 96
+
+
+_BEAT_JOB = r"""
+import os, sys, time
+pid_file = sys.argv[1]
+first = os.stat(pid_file).st_mtime_ns
+deadline = time.monotonic() + 60  # hang guard only
+while os.stat(pid_file).st_mtime_ns == first:
+    if time.monotonic() > deadline:
+        sys.exit(3)
+    time.sleep(0.05)
+sid = os.getsid(0)
+names = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            if os.getsid(int(entry)) == sid:
+                with open(f"/proc/{entry}/comm") as fh:
+                    names.append(fh.read().strip())
+        except OSError:
+            pass
+print(" ".join(sorted(names)))
+"""
+
+
+async def test_heartbeat_beats_without_a_sleep_process(sshd_cluster, tmp_path: Path) -> None:
+    """The job's heartbeat (job.pid's mtime) goes on while it runs, from one
+    forked wrapper shell: no sleep or sh beside the wrapper and the job."""
+    xq = Xqute(
+        "ssh",
+        forks=1,
+        workdir=tmp_path / "wd",
+        scheduler_opts={"servers": servers(sshd_cluster), "lost_after": 3},
+    )
+    job = await xq.feed([sys.executable, "-c", _BEAT_JOB, str(tmp_path / "wd" / "0" / "job.pid")])
+    await run(xq)
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    names = read(job.stdout_file.path).split()
+    # the wrapper and its heartbeat fork (both bash), and the job itself
+    assert sorted(names) == ["bash", "bash", Path(sys.executable).name[:15]], names
