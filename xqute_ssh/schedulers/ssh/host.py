@@ -50,6 +50,8 @@ class SshHost:
         self.remote_root: PurePosixPath | None = None
         #: Fetched remote job directories to delete on the next round trip.
         self.pending_rm: list[str] = []
+        #: workdir -> the workdir as this host sees it (see mounted()).
+        self._mounted_roots: dict[str, str] = {}
         #: Launches over the control session, batched under load.
         self.launches = LaunchBatcher(self.run, self.label)
 
@@ -70,7 +72,11 @@ class SshHost:
         """``path`` (under ``workdir``) as this host sees it."""
         base, full = str(workdir.path), str(path.path)
         if full.startswith(base + "/"):  # the usual case: plain string work
-            return f"{str(self.host_workdir(workdir)).rstrip('/')}/{full[len(base) + 1 :]}"
+            # Several paths per launch: the workdir's side is worked out once.
+            root = self._mounted_roots.get(base)
+            if root is None:
+                root = self._mounted_roots[base] = str(self.host_workdir(workdir)).rstrip("/")
+            return f"{root}/{full[len(base) + 1 :]}"
         rel = PurePosixPath(full).relative_to(base)
         return str(self.host_workdir(workdir) / rel)
 
