@@ -321,6 +321,20 @@ async def test_mounted_workdir_is_used_in_place(site: SlurmSite, tmp_path: Path)
     assert (wd / "0" / "job.slurm_id").read_text().strip() == job.jid
 
 
+async def test_mounted_workdir_the_cluster_does_not_see_is_a_clear_error(site: SlurmSite, tmp_path: Path) -> None:
+    """Before, jobs were submitted into a directory made on the login node
+    and then looked lost ("ended COMPLETED"); now nothing is submitted and
+    each job's stderr says what is wrong and what to change."""
+    elsewhere = tmp_path / "not-the-workdir"
+    xq = await run(site, tmp_path / "wd", [["true"]], mounted_workdir=str(elsewhere))
+    (job,) = xq.jobs
+    assert job.status == JobStatus.FAILED
+    stderr = read(job.stderr_file.path)
+    assert f"does not see the workdir at {elsewhere}" in stderr, stderr
+    assert "give mounted_workdir as the workdir's path on the cluster" in stderr, stderr
+    assert not elsewhere.exists()
+
+
 async def test_same_jobs_run_again_are_not_resubmitted(site: SlurmSite, tmp_path: Path) -> None:
     """resume (the default): jobs that ended in an earlier run of the same
     workdir are reported as they ended, not sent to Slurm again."""

@@ -80,6 +80,8 @@ class SlurmBackend:
         kill_grace: seconds between TERM and a hard cancel.
         jobname_prefix: the start of every Slurm job name.
         stopping: tells whether the run stops (refusals are not retried).
+        shared_hint: what to do when ``shared`` but the login node does not
+            see the workdir (the scheduler knows what its users can change).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class SlurmBackend:
         kill_grace: float = 5.0,
         jobname_prefix: str = "slurm",
         stopping: Callable[[], bool] = lambda: False,
+        shared_hint: str = "fix mounted_workdir",
     ) -> None:
         if not login or not isinstance(login, str):
             raise ConfigError(
@@ -130,6 +133,7 @@ class SlurmBackend:
         self.kill_grace = kill_grace
         self.jobname_prefix = jobname_prefix
         self.stopping = stopping
+        self.shared_hint = shared_hint
         self.pool = HostPool(spec.config)
         self.label = spec.config.label
         self.remote_root: PurePosixPath | None = None
@@ -193,7 +197,9 @@ class SlurmBackend:
                     "client installed there (or loaded by ~/.bashrc / a module)? "
                     "Or name the commands: scheduler_opts={'sbatch': '/path/to/sbatch', ...}",
                 )
-            if not self.shared:
+            if self.shared:
+                await self._check_sees_workdir()
+            else:
                 root = self.spec.remote_workdir
                 if root and root.startswith("~/"):
                     root = str(PurePosixPath(home) / root[2:])
@@ -207,6 +213,31 @@ class SlurmBackend:
                 "%s: Slurm login node ready; job directories in %s",
                 self.label,
                 self.workdir.mounted if self.shared else self.remote_root,
+            )
+
+    async def _check_sees_workdir(self) -> None:
+        """Shared: the login node must see the workdir at its mounted path.
+
+        Jobs write their status there; on a cluster that does not see it
+        every job would run and then look lost.  We write a random token
+        here and the login node reads it back (compute nodes are assumed
+        to mount what the login node mounts, as on virtually every cluster).
+        """
+        token = secrets.token_hex(16)
+        name = f".xqute-fs-check-{token[:12]}"
+        local = self.workdir / name
+        mounted = PurePosixPath(str(self.workdir.mounted)) / name
+        await fileio.mkdir(self.workdir)
+        await fileio.write_text(local, token + "\n")
+        try:
+            reply = await self.pool.run(f"cat -- {shlex.quote(str(mounted))} 2>/dev/null; :")
+        finally:
+            await fileio.unlink_many([local])
+        if reply.stdout.strip() != token:
+            raise SshError(
+                self.label,
+                f"the login node does not see the workdir at {mounted.parent} "
+                f"(a file written there here was not found there): {self.shared_hint}",
             )
 
     async def ready_or_wait(self) -> None:

@@ -96,6 +96,10 @@ class SlurmScheduler(Scheduler):
             kill_grace=self.kill_grace,
             jobname_prefix=self.jobname_prefix,
             stopping=lambda: self.stopping,
+            shared_hint=(
+                "give mounted_workdir as the workdir's path on the cluster, or "
+                "leave it out to have the jobs' files copied back"
+            ),
         )
         self._sha = workdir_key(self.workdir)
 
