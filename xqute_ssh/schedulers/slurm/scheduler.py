@@ -114,6 +114,11 @@ class SlurmScheduler(Scheduler):
         """The backend's batching submitter (round trips, retries)."""
         return self.backend.submitter
 
+    @property
+    def sbatch_options(self) -> dict[str, Any]:
+        """The run's sbatch options, checked, in sbatch's spelling."""
+        return self.backend.sbatch_options
+
     async def shutdown(self) -> None:
         await super().shutdown()
         await self.backend.close()
