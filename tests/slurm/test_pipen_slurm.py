@@ -10,6 +10,8 @@ as pipen's jobs need.
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from xqute_ssh.path import SpecPath
 from xqute_ssh.schedulers.slurm.backend import workdir_key
 
-from ..pipen.helpers import config, require_entry_points, require_pipen, run
+from ..pipen.helpers import config, finish, require_entry_points, require_pipen, run, start
 from .conftest import SlurmSite
 
 require_pipen()
@@ -120,6 +122,26 @@ def test_job_whose_wrapper_dies_fails_with_slurms_word(site: SlurmSite, tmp_path
     assert (metadir / "job.rc").read_text().strip() == "-1"
     stderr = (metadir / "job.stderr").read_text()
     assert "slurm: job " in stderr and " ended FAILED" in stderr, stderr
+
+
+@pytest.mark.slurm
+def test_ctrl_c_cancels_the_slurm_jobs(site: SlurmSite, tmp_path: Path) -> None:
+    cfg = config(tmp_path, "sleep", SCHED, procs=2, scheduler_opts=opts(site))
+    proc, _ = start(cfg)
+    pid_files = [tmp_path / "marks" / f"pid.{i}" for i in range(4)]
+    deadline = time.monotonic() + 120  # hang guard only
+    while not all(p.exists() and p.read_text().strip() for p in pid_files):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the jobs did not start; log:\n{proc.communicate()[0][-4000:]}")
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    r = finish(proc, cfg, timeout=120)
+    assert r.record.get("succeeded") is not True, r.log[-4000:]
+    jobs = slurm_jobs(site, str(tmp_path / "work" / "xqtest" / "P1"), "P1")
+    assert len(jobs) == 4, jobs
+    # Slurm ended each one (none left running or pending)
+    assert {state for _, _, state, _, _ in jobs} <= {"CANCELLED", "FAILED", "COMPLETED"}, jobs
 
 
 def test_options_that_cannot_apply_under_pipen_are_clear_errors(tmp_path: Path) -> None:
