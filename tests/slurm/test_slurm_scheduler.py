@@ -43,9 +43,9 @@ def slurm_jobs(site: SlurmSite, name_part: str) -> list[str]:
 
 
 def slurm_job(site: SlurmSite, jid: str | None) -> str:
-    """The ``id|name|state`` line of Slurm job ``jid`` (exactly that id: "5|"
-    is also in "15|", and the cluster is shared by the module's tests)."""
-    (line,) = [ln for ln in slurm_jobs(site, "") if ln.startswith(f"{jid}|")]
+    """``id|name|state`` of the one Slurm job with this id (by its id field:
+    a name's random suffix may end in the same digits)."""
+    (line,) = [ln for ln in slurm_jobs(site, "") if ln.split("|")[0] == jid]
     return line
 
 
@@ -326,6 +326,20 @@ async def test_mounted_workdir_is_used_in_place(site: SlurmSite, tmp_path: Path)
     assert job.status == JobStatus.FINISHED
     assert read(job.stdout_file.path) == f"{wd / '0'}\n"
     assert (wd / "0" / "job.slurm_id").read_text().strip() == job.jid
+
+
+async def test_mounted_workdir_the_cluster_does_not_see_is_a_clear_error(site: SlurmSite, tmp_path: Path) -> None:
+    """Before, jobs were submitted into a directory made on the login node
+    and then looked lost ("ended COMPLETED"); now nothing is submitted and
+    each job's stderr says what is wrong and what to change."""
+    elsewhere = tmp_path / "not-the-workdir"
+    xq = await run(site, tmp_path / "wd", [["true"]], mounted_workdir=str(elsewhere))
+    (job,) = xq.jobs
+    assert job.status == JobStatus.FAILED
+    stderr = read(job.stderr_file.path)
+    assert f"does not see the workdir at {elsewhere}" in stderr, stderr
+    assert "give mounted_workdir as the workdir's path on the cluster" in stderr, stderr
+    assert not elsewhere.exists()
 
 
 async def test_same_jobs_run_again_are_not_resubmitted(site: SlurmSite, tmp_path: Path) -> None:
