@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from xqute_ssh import Job
 from xqute_ssh.cli import gnu
-from xqute_ssh.cli.joboutput import JobLog
+from xqute_ssh.cli.joboutput import JobLog, JobOutput
 
 from .test_cli import cli
 
@@ -164,6 +165,41 @@ def test_ungroup_prints_everything(tmp_path: Path, capfd: pytest.CaptureFixture[
     assert code == 0
     lines = capfd.readouterr().out.splitlines()
     assert sorted(lines) == sorted(["1", "2", "a", "1", "2", "b"])
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.out = b""
+
+    def write(self, data: bytes, err: bool) -> None:
+        if not err:
+            self.out += data
+
+
+async def test_ungroup_prints_output_written_between_submitted_and_running_once(
+    tmp_path: Path,
+) -> None:
+    """The printer hears "started" at submission and again when the job is seen
+    running; output the job wrote in between was printed twice (a CI flake of
+    the test above)."""
+    job = Job(0, ["true"], tmp_path)
+    job.metadir.path.mkdir()
+    sink = Collect()
+    printer = JobOutput(sink, total=1, ungroup=True)
+    printer.started(job)  # submitted
+    job.stdout_file.path.write_bytes(b"early\n")
+    await printer._follow(job)  # what follow_running does every 0.1 s
+    printer.started(job)  # seen running
+    with job.stdout_file.path.open("ab") as fh:
+        fh.write(b"late\n")
+    assert await printer.ended(job) == len(b"early\nlate\n")
+    assert sink.out == b"early\nlate\n"
+    # a retry starts from the beginning of its fresh files
+    printer.requeued(job.index)
+    job.stdout_file.path.write_bytes(b"again\n")
+    printer.started(job)
+    await printer.ended(job)
+    assert sink.out == b"early\nlate\nagain\n"
 
 
 def test_slots_are_distinct_among_running_jobs(

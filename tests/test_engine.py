@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -195,6 +196,55 @@ async def test_sigterm_kills_running_jobs_and_returns(tmp_path: Path) -> None:
     assert [await j.get_rc() for j in xq.jobs] == [KILLED_RC, KILLED_RC]
     assert pids_with(marker) == []
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+async def test_second_signal_during_the_stop_cleanup_exits_at_once(tmp_path: Path) -> None:
+    """A second SIGTERM forces the exit even when it lands while the poll
+    cycle is still cleaning up after the first one (over SSH that cleanup is
+    a round trip).  It used to be swallowed there, and the "exit at once"
+    became a full stop waiting the kill grace of jobs that ignore TERM."""
+    marker = f"xq-second-signal-{os.getpid()}"
+    started = asyncio.Event()
+    sent: list[int] = []
+
+    class SlowCleanup(LocalScheduler):
+        async def check_all_done(self, jobs, polling_counter):  # type: ignore[no-untyped-def]
+            if not started.is_set() or sent:
+                return await super().check_all_done(jobs, polling_counter)
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # the first stop, mid-cycle
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                os.kill(os.getpid(), signal.SIGTERM)  # the user insists
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(20):  # a cleanup slower than the user
+                        await asyncio.Event().wait()
+                raise
+            return False
+
+    class Started:
+        name = "started-second-signal"
+
+        @plugin.impl
+        async def on_job_started(scheduler, job):
+            started.set()
+
+    xq = Xqute(
+        SlowCleanup,
+        workdir=tmp_path,
+        forks=1,
+        plugins=[Started],
+        scheduler_opts={"kill_grace": 120},
+    )
+    await xq.feed(["bash", "-c", f"trap '' TERM; exec -a {marker} sleep 120"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            await run(xq, timeout=15)  # the old way waited the 120 s grace
+    finally:
+        for pid in pids_with(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert sent == [1]
 
 
 def test_import_changes_nothing() -> None:

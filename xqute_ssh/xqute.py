@@ -447,8 +447,13 @@ class Xqute:
                 stop.cancel()
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # asyncio.wait, not ``await task`` under suppress(CancelledError):
+            # that also swallowed a cancellation of *this* task (a second
+            # Ctrl-C landing while the cycle cleaned up), and the forced exit
+            # became a full stop waiting the kill grace.
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the stop makes it moot
             return False
         task.result()  # its exception, if any
         return True

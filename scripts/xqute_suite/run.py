@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import venv
@@ -108,8 +109,18 @@ def make_venv(path: Path, reference: bool, version: str) -> Path:
     Ours: sees this Python's packages (pytest, xqute_ssh's dependencies) and
     adds panpath.  Reference: a clean venv with xqute itself.
     """
-    venv.EnvBuilder(system_site_packages=not reference, with_pip=True).create(path)
+    venv.EnvBuilder(system_site_packages=False, with_pip=True).create(path)
     python = path / "bin" / "python"
+    if not reference:
+        # This Python's own packages, by a .pth file: system_site_packages
+        # would give the *base* interpreter's, and when this Python is itself
+        # a venv (CI's .venv) xqute_ssh's dependencies are not there.
+        ours = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+        site = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        Path(site, "xqute_ssh_parent.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
     if reference:
         wanted = [f"xqute=={version}", "pytest", "pytest-asyncio", "python-dotenv"]
     else:

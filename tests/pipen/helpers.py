@@ -29,9 +29,10 @@ def require_pipen() -> None:
     pytest.skip(reason, allow_module_level=True)
 
 
-def require_entry_points() -> None:
+def require_entry_points(*wanted: str) -> None:
+    """Fail (not skip) when pipen cannot find our schedulers by name."""
     names = {ep.name for ep in entry_points(group="pipen_sched")}
-    missing = {"xqute_ssh", "xqute_ssh_local"} - names
+    missing = set(wanted or ("xqute_ssh", "xqute_ssh_local")) - names
     if missing:
         pytest.fail(
             f"pipen cannot find the scheduler(s) {sorted(missing)}: the package's "

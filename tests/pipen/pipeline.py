@@ -4,7 +4,8 @@ Own process because importing xqute sets uvloop as the event-loop policy
 for the whole interpreter, and because Ctrl-C and halt signal the process.
 
 Usage: python pipeline.py CONFIG.json; the result goes to config["result"].
-Three processes: P1 (4 jobs) -> P2 (4 jobs) -> P3 (1 job gathering P2).
+Three processes: P1 (4 jobs) -> P2 (4 jobs) -> P3 (1 job gathering P2);
+config "procs": 2 leaves P3 out.
 A pipen plugin records, per process and job, what the tests check: which
 host ran each attempt, the SSH connections still open when the process is
 done, and the events.  It also adds on_jobcmd_* bash to every job.
@@ -102,7 +103,16 @@ SCENARIO = CONFIG["scenario"]
 P1_SCRIPT = {
     "ok": 'echo "{{in.a}} $FROM_INIT_HOOK ${PREP_SEEN:-} $PIPEN_JOB_INDEX" > {{out.outfile}}',
     "fail": "[ {{in.a}} = 2 ] && exit 3; echo {{in.a}} > {{out.outfile}}",
+    "fail_stderr": (
+        "if [ {{in.a}} = 2 ]; then echo 'no good: a=2' >&2; exit 3; fi; "
+        "echo {{in.a}} > {{out.outfile}}"
+    ),
     "missing": "[ {{in.a}} = 1 ] || echo {{in.a}} > {{out.outfile}}",
+    # job 1's wrapper dies without recording an end (as if OOM-killed)
+    "vanish": (
+        "if [ {{in.a}} = 1 ]; then read -r pid _ < \"$XQUTE_JOB_METADIR/job.pid\"; "
+        "kill -KILL \"$pid\"; exit 0; fi; echo {{in.a}} > {{out.outfile}}"
+    ),
     "retry": (
         "if [ {{in.a}} = 1 ] && [ ! -e MARKS/retried ]; then touch MARKS/retried; exit 5; fi; "
         "echo {{in.a}} > {{out.outfile}}"
@@ -131,14 +141,16 @@ class P2(Proc):
     script = "cat {{in.infile}} {{in.infile}} > {{out.outfile}}"
 
 
-class P3(Proc):
-    """One job gathering P2's outputs."""
+if CONFIG.get("procs", 3) >= 3:
 
-    requires = P2
-    input = "infiles:files"
-    input_data = lambda ch: [list(ch.iloc[:, 0])]  # noqa: E731
-    output = "outfile:file:all.txt"
-    script = "cat {{in.infiles | join: ' '}} > {{out.outfile}}"
+    class P3(Proc):
+        """One job gathering P2's outputs."""
+
+        requires = P2
+        input = "infiles:files"
+        input_data = lambda ch: [list(ch.iloc[:, 0])]  # noqa: E731
+        output = "outfile:file:all.txt"
+        script = "cat {{in.infiles | join: ' '}} > {{out.outfile}}"
 
 
 def main() -> None:

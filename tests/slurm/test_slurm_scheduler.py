@@ -42,6 +42,13 @@ def slurm_jobs(site: SlurmSite, name_part: str) -> list[str]:
     return [line for line in out.splitlines() if name_part in line]
 
 
+def slurm_job(site: SlurmSite, jid: str | None) -> str:
+    """``id|name|state`` of the one Slurm job with this id (by its id field:
+    a name's random suffix may end in the same digits)."""
+    (line,) = [ln for ln in slurm_jobs(site, "") if ln.split("|")[0] == jid]
+    return line
+
+
 async def test_jobs_finish_and_fail_with_outputs_and_slurm_ids(site: SlurmSite, tmp_path: Path) -> None:
     xq = await run(
         site,
@@ -55,7 +62,7 @@ async def test_jobs_finish_and_fail_with_outputs_and_slurm_ids(site: SlurmSite, 
         assert read(job.rc_file.path) == f"{rc}\n"
         assert job.jid is not None and job.jid.isdigit()
         # The jid is the Slurm job, and Slurm saw it end the same way.
-        (line,) = [ln for ln in slurm_jobs(site, "") if ln.startswith(f"{job.jid}|")]
+        line = slurm_job(site, job.jid)
         assert line.endswith("COMPLETED" if rc == 0 else "FAILED")
 
 
@@ -101,7 +108,7 @@ async def test_kill_ends_the_slurm_job(site: SlurmSite, tmp_path: Path) -> None:
     await wait_until(marker.exists, timeout=60, what="job started")
     await xq.scheduler.kill_running_jobs(xq.jobs)
     assert job.status == JobStatus.FAILED
-    (line,) = slurm_jobs(site, f"{job.jid}|")
+    line = slurm_job(site, job.jid)
     assert line.split("|")[2] in ("FAILED", "CANCELLED", "COMPLETED")
     async with asyncio.timeout(30):
         await runner
@@ -271,7 +278,7 @@ async def test_id_lost_between_sbatch_and_recording_is_found_again(site: SlurmSi
     await sched.submit_job_and_update_status(job)
     jid = job.jid
     assert jid and jid.isdigit()
-    name = json.dumps(slurm_jobs(site, f"{jid}|")[0].split("|")[1])
+    name = json.dumps(slurm_job(site, jid).split("|")[1])
     await sched.shutdown()
     # As if the controller died before recording the id:
     await asyncio.to_thread(Path(job.jid_file.path).write_text, f"slurm:{json.loads(name)}:\n")
@@ -319,6 +326,20 @@ async def test_mounted_workdir_is_used_in_place(site: SlurmSite, tmp_path: Path)
     assert job.status == JobStatus.FINISHED
     assert read(job.stdout_file.path) == f"{wd / '0'}\n"
     assert (wd / "0" / "job.slurm_id").read_text().strip() == job.jid
+
+
+async def test_mounted_workdir_the_cluster_does_not_see_is_a_clear_error(site: SlurmSite, tmp_path: Path) -> None:
+    """Before, jobs were submitted into a directory made on the login node
+    and then looked lost ("ended COMPLETED"); now nothing is submitted and
+    each job's stderr says what is wrong and what to change."""
+    elsewhere = tmp_path / "not-the-workdir"
+    xq = await run(site, tmp_path / "wd", [["true"]], mounted_workdir=str(elsewhere))
+    (job,) = xq.jobs
+    assert job.status == JobStatus.FAILED
+    stderr = read(job.stderr_file.path)
+    assert f"does not see the workdir at {elsewhere}" in stderr, stderr
+    assert "give mounted_workdir as the workdir's path on the cluster" in stderr, stderr
+    assert not elsewhere.exists()
 
 
 async def test_same_jobs_run_again_are_not_resubmitted(site: SlurmSite, tmp_path: Path) -> None:

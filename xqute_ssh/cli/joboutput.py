@@ -168,10 +168,21 @@ class JobOutput:
 
     # ------------------------------------------------------------- events
     def started(self, job: Job) -> None:
-        """A job's attempt started (``--ungroup`` follows its files from here)."""
-        if self._ungroup:
+        """A job's attempt started (``--ungroup`` follows its files from here).
+
+        Said twice per attempt (submitted, then seen running): the second
+        call must not rewind what was already printed, or a job that wrote
+        in between had that output printed twice.
+        """
+        if self._ungroup and job.index not in self._jobs:
             self._jobs[job.index] = job
             self._offsets[job.index] = [0, 0]
+
+    def requeued(self, index: int) -> None:
+        """The job goes back to the queue for a retry: its next attempt's
+        files start empty, so following starts again from their beginning."""
+        self._jobs.pop(index, None)
+        self._offsets.pop(index, None)
 
     async def ended(self, job: Job) -> int:
         """The job ended for good: print its output; the bytes of its stdout."""

@@ -281,6 +281,8 @@ class RunMonitor:
     async def on_job_queued(self, scheduler: Scheduler, job: Job) -> None:
         self.tally.requeued(job.index)
         self._slots.pop(job.index, None)
+        if self._printer is not None:
+            self._printer.requeued(job.index)
 
     @plugin.impl
     async def on_job_succeeded(self, scheduler: Scheduler, job: Job) -> None:

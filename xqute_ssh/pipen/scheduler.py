@@ -1,4 +1,5 @@
-"""pipen schedulers backed by xqute_ssh: ``xqute_ssh`` and ``xqute_ssh_local``.
+"""pipen schedulers backed by xqute_ssh: ``xqute_ssh``, ``xqute_ssh_local``
+and ``xqute_ssh_slurm``.
 
 pipen accepts only subclasses of ``xqute.Scheduler`` and drives them with
 xqute's own orchestrator, pipen's Job (an ``xqute.Job`` with ``__slots__``)
@@ -6,7 +7,9 @@ and plugins on ``Simplug("xqute")``.  So these classes are xqute Schedulers
 (with pipen's ``SchedulerPostInit``, as pipen's own schedulers) whose
 ``submit_job`` / ``kill_job`` / ``job_is_running`` go through xqute_ssh's one
 implementation: :class:`~xqute_ssh.schedulers.ssh.backend.SshBackend` for
-SSH hosts and the local scheduler's process helpers for this machine.
+SSH hosts, :class:`~xqute_ssh.schedulers.slurm.backend.SlurmBackend` for
+Slurm behind a login node, and the local scheduler's process helpers for
+this machine.
 
 What differs from xqute's own wrapper (and why), all through public methods:
 
@@ -18,6 +21,8 @@ What differs from xqute's own wrapper (and why), all through public methods:
 * After a failure under ``error_strategy="halt"`` no further job is started.
 * SSH connections are closed when the process's jobs are all done, or after
   they were killed: xqute's orchestrator never calls a shutdown.
+* Slurm: one ``squeue`` per poll cycle for all active jobs, before xqute
+  reads their status files (xqute would ask about each job on its own).
 """
 
 from __future__ import annotations
@@ -43,8 +48,12 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from .. import fileio
 from ..errors import ConfigError
 from ..path import SpecPath
+from ..scheduler import DEFAULT_SHEBANG
+from ..scheduler import Scheduler as OurScheduler
+from ..schedulers.jobref import JobRef
 from ..schedulers.local import kill_wrapper, start_wrapper, wrapper_runs
-from ..schedulers.ssh.backend import JobRef, SshBackend
+from ..schedulers.slurm.backend import SlurmBackend
+from ..schedulers.ssh.backend import SshBackend
 from ..schedulers.ssh.options import CONNECTION_KEYS, parse_servers, pop_server_defaults
 from ..ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL
 from ..status import JobStatus
@@ -75,6 +84,16 @@ def _check_options(name: str, kwargs: Mapping[str, Any], own: Sequence[str]) -> 
             f"unknown scheduler_opts for the {name} scheduler: {', '.join(unknown)}; "
             f"known: {known}"
         )
+
+
+#: Our Scheduler's options that pipen's xqute orchestrator has no use for.
+_OURS_ONLY = (
+    frozenset(inspect.signature(OurScheduler.__init__).parameters)
+    - {"self", "args", "kwargs", "kill_grace"}
+    - XQUTE_OPTIONS
+)
+#: Options of Xqute("slurm") that mean job files live apart from the workdir.
+_UNSHARED_ONLY = frozenset({"remote_workdir", "keep_remote"})
 
 
 def _prepare_attempt(metadir: Path) -> None:
@@ -117,6 +136,7 @@ class _PipenScheduler(SchedulerPostInit, XquteScheduler):  # type: ignore[misc]
         cmd = [str(c) for c in job.cmd]
         spec = WrapperSpec(
             cmd=cmd,
+            shebang=self.wrapper_shebang(job),
             job_index=int(job.index),
             metadir=workdir,
             job_metadir=job_dir,
@@ -137,8 +157,24 @@ class _PipenScheduler(SchedulerPostInit, XquteScheduler):  # type: ignore[misc]
         )
         return render(spec)
 
+    def wrapper_shebang(self, job: Any) -> str:
+        """The wrapper's first lines (a backend may add directives)."""
+        return DEFAULT_SHEBANG
+
     def script_name(self) -> str:
         return f"job.wrapped.{self.name}"
+
+    def job_ref(self, job: Any) -> JobRef:
+        """What a backend needs from a pipen job."""
+        return JobRef(
+            index=int(job.index),
+            workdir=self.local_workdir(),
+            metadir=_ours(job.metadir),
+            render=lambda workdir, job_dir, beat: self.render_wrapper(
+                job, workdir, job_dir, beat
+            ),
+            script_name=self.script_name(),
+        )
 
     async def wrapped_job_script(self, job: Any) -> Any:
         """The wrapper's path.  Written at submission; never rewritten here
@@ -262,18 +298,6 @@ class PipenSshScheduler(_PipenScheduler):
     def __repr__(self) -> str:
         return f"<PipenSshScheduler [{', '.join(self.backend.hosts)}] forks={self.forks}>"
 
-    def job_ref(self, job: Any) -> JobRef:
-        """What the backend needs from a pipen job."""
-        return JobRef(
-            index=int(job.index),
-            workdir=self.local_workdir(),
-            metadir=_ours(job.metadir),
-            render=lambda workdir, job_dir, beat: self.render_wrapper(
-                job, workdir, job_dir, beat
-            ),
-            script_name=self.script_name(),
-        )
-
     def host_of(self, job: Any) -> str | None:
         """The server the job's current (or last) attempt ran on."""
         return self.backend.host_of(int(job.index))
@@ -313,6 +337,120 @@ class PipenSshScheduler(_PipenScheduler):
 
     def open_connections(self) -> int:
         """SSH connections this scheduler holds open now."""
+        return self.backend.open_connections()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+class PipenSlurmScheduler(_PipenScheduler):
+    """pipen's ``scheduler="xqute_ssh_slurm"``: each job a Slurm job,
+    submitted on the cluster's login node over SSH.
+
+    ``scheduler_opts`` are the options of ``Xqute("slurm")``: ``login``
+    (required), connection options (``keyfile``, ``known_hosts``, ``user``,
+    ``port``, ``proxy_jump`` ...), ``sbatch`` / ``squeue`` / ``scancel``,
+    ``sbatch_extra``, ``submit_retry_time``, ``submit_batch_size``,
+    ``kill_grace``; any other name is an sbatch option (``partition``,
+    ``time``, ``mem``, ``cpus_per_task`` ...).  The cluster must see the
+    workdir (at the same path, or at ``mounted_workdir``) and the pipeline's
+    other paths: pipen's jobs read and write them directly.
+    """
+
+    name = "xqute_ssh_slurm"
+
+    def __init__(
+        self,
+        *args: Any,
+        login: str | None = None,
+        sbatch: str = "sbatch",
+        squeue: str = "squeue",
+        scancel: str = "scancel",
+        sbatch_extra: Sequence[str] | str | None = None,
+        submit_retry_time: float = 600.0,
+        submit_batch_size: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        unsupported = sorted(set(kwargs) & (_OURS_ONLY | _UNSHARED_ONLY))
+        if unsupported:
+            raise ConfigError(
+                f"{', '.join(unsupported)}: not an option of the {self.name} scheduler "
+                "(pipen's jobs read and write the pipeline's own paths, so the cluster "
+                "must see the workdir, at mounted_workdir if elsewhere; xqute polls "
+                "at its own pace); remove it from scheduler_opts"
+            )
+        conn = {k: kwargs.pop(k) for k in list(kwargs) if k in CONNECTION_KEYS - {"host"}}
+        sbatch_opts = {
+            k: kwargs.pop(k) for k in list(kwargs) if k not in XQUTE_OPTIONS | {"kill_grace"}
+        }
+        super().__init__(*args, **kwargs)
+        self.backend = SlurmBackend(
+            _ours(self.workdir),
+            login=login,
+            conn=conn,
+            shared=True,
+            sbatch_options=sbatch_opts,
+            sbatch_extra=sbatch_extra,
+            commands={"sbatch": sbatch, "squeue": squeue, "scancel": scancel},
+            submit_retry_time=submit_retry_time,
+            submit_batch_size=submit_batch_size,
+            kill_grace=self.kill_grace,
+            jobname_prefix=self.jobname_prefix,
+            stopping=lambda: self.halted,
+            shared_hint=(
+                "pipen's jobs read and write the pipeline's paths, so run it on a "
+                "machine that shares the cluster's filesystem, and give "
+                "mounted_workdir if the cluster sees the workdir at another path"
+            ),
+        )
+        #: Slurm ids whose end the backend already reported (noted once).
+        self._ended: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<PipenSlurmScheduler login={self.backend.label} forks={self.forks}>"
+
+    def wrapper_shebang(self, job: Any) -> str:
+        """The shebang and the run's ``#SBATCH`` lines (per process: pipen
+        merges a Proc's own ``scheduler_opts`` over the pipeline's)."""
+        directives = self.backend.directives(None, f"job {job.index}")
+        return "\n".join([DEFAULT_SHEBANG, *directives])
+
+    async def submit_job(self, job: Any) -> str:
+        await self.prepare_attempt(job)
+        sub = await self.backend.prepare(self.job_ref(job))
+        return await self.backend.submit(sub)
+
+    async def job_is_running(self, job: Any) -> bool:
+        return await self.backend.is_running(_jid(await job.get_jid()))
+
+    async def job_fails_before_running(self, job: Any) -> bool:
+        # check_all_done asked Slurm about every active job already; a job
+        # Slurm ended without a result has FAILED in its status file.
+        return False
+
+    async def check_all_done(self, jobs: list[Any], polling_counter: int) -> bool:
+        """One squeue for every active job, then xqute reads the files.
+
+        A job Slurm ended (time limit, node failure, cancelled) without the
+        wrapper writing its end gets FAILED, rc -1 and Slurm's state and
+        reason in job.stderr here, before xqute reads its status."""
+        active = [j for j in jobs if j._status in (XqStatus.SUBMITTED, XqStatus.RUNNING)]
+        items = []
+        for job in active:
+            jid = _jid(await job.get_jid())
+            if jid is not None and jid not in self._ended:
+                items.append((self.job_ref(job), jid, False))
+        if items:
+            for (_, jid, _), status in zip(items, await self.backend.refresh(items), strict=True):
+                if status is not None and status.is_terminal:
+                    self._ended.add(jid)
+        return await super().check_all_done(jobs, polling_counter)
+
+    async def kill_job(self, job: Any) -> None:
+        await self.backend.kill(self.job_ref(job), _jid(await job.get_jid()))
+
+    def open_connections(self) -> int:
+        """SSH connections to the login node open now."""
         return self.backend.open_connections()
 
     async def close(self) -> None:
@@ -397,4 +535,4 @@ def _jid(value: Any) -> str | None:
     return text or None
 
 
-__all__ = ["PipenLocalScheduler", "PipenSshScheduler"]
+__all__ = ["PipenLocalScheduler", "PipenSlurmScheduler", "PipenSshScheduler"]

@@ -68,6 +68,8 @@ class Submission:
     script: str
     name: str
     careful: bool = False
+    #: The wrapper's file name in the job's directory.
+    script_name: str = "job.wrapped.slurm"
 
     def sbatch_args(self) -> str:
         """Name and output files on the command line (quoted for the shell;
@@ -95,7 +97,7 @@ def submit_batch(subs: Sequence[Submission], sbatch: str, squeue: str) -> str:
     parts = ["xq_stop=; umask 077; unset SSH_CLIENT SSH2_CLIENT"]
     for s in subs:
         d = s.job_dir
-        script = f"{d}/job.wrapped.slurm"
+        script = f"{d}/{s.script_name}"
         id_file = _q(f"{d}/{ID_FILE}")
         payload = base64.b64encode(s.script.encode("utf-8", "surrogateescape")).decode()
         fresh = " ".join(_q(f"{d}/{f}") for f in ATTEMPT_FILES)

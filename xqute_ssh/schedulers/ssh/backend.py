@@ -3,10 +3,11 @@
 Three schedulers drive jobs on SSH hosts: ours (:class:`SshScheduler`),
 pipen's (xqute's Scheduler with pipen's Job, see ``xqute_ssh.pipen``) and,
 later, others.  They share this one implementation.  It never sees a Job
-class: it works on :class:`JobRef`, the few things it needs from a job
-(index, workdir and metadir, how to render the wrapper for a host, staged
-files), and keeps what it learns about a job (the host it runs on, hosts it
-failed on) itself, keyed by job index, since a scheduler's Job may have
+class: it works on :class:`~xqute_ssh.schedulers.jobref.JobRef` (shared
+with the Slurm backend), the few things it needs from a job (index, workdir
+and metadir, how to render the wrapper for a host, staged files), and
+keeps what it learns about a job (the host it runs on, hosts it failed on)
+itself, keyed by job index, since a scheduler's Job may have
 ``__slots__``.
 
 * Placement: the host with the most free slots (``forks`` per server),
@@ -61,6 +62,7 @@ from ...ssh.health import (
     HostHealth,
 )
 from ...status import JobStatus
+from ..jobref import JobRef, write_end, write_outputs
 from . import remote, unshared
 from .fencing import Fence, Verdict
 from .host import SshHost
@@ -93,11 +95,6 @@ def parse_jid(jid: str | None) -> tuple[str, int, int] | None:
         return None
 
 
-#: Renders a job's wrapper for a host: (workdir, job directory) as the host
-#: sees them, and the heartbeat interval (0: none) -> the script's text.
-Renderer = Callable[[str, str, float], str]
-
-
 @dataclass(frozen=True)
 class Lost:
     """Why an active job is taken as ended without a final status."""
@@ -106,52 +103,6 @@ class Lost:
     #: Set when its attempt may still run on an unreachable host: it must
     #: not be started elsewhere (see fencing.py).
     fenced: str | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class JobRef:
-    """What the SSH backend needs from a job, whichever Job class made it.
-
-    The job's files are the usual names in ``metadir`` (job.stdout,
-    job.stderr, job.status, job.rc, job.jid, job.pid), as both xqute and
-    xqute_ssh lay them out.
-    """
-
-    index: int
-    workdir: SpecPath
-    metadir: SpecPath
-    render: Renderer
-    script_name: str
-    stage_in: Sequence[staging.StageIn] = ()
-    stage_out: Sequence[staging.StageOut] = ()
-
-    @property
-    def script_file(self) -> SpecPath:
-        return self.metadir / self.script_name
-
-    @property
-    def stdout_file(self) -> SpecPath:
-        return self.metadir / "job.stdout"
-
-    @property
-    def stderr_file(self) -> SpecPath:
-        return self.metadir / "job.stderr"
-
-    @property
-    def status_file(self) -> SpecPath:
-        return self.metadir / "job.status"
-
-    @property
-    def rc_file(self) -> SpecPath:
-        return self.metadir / "job.rc"
-
-    @property
-    def jid_file(self) -> SpecPath:
-        return self.metadir / "job.jid"
-
-    @property
-    def pid_file(self) -> SpecPath:
-        return self.metadir / "job.pid"
 
 
 @dataclass
@@ -770,7 +721,7 @@ class SshBackend:
                 await self._stream_outputs(ref, host, job_dir)
             else:
                 await fileio.to_thread(
-                    _write_outputs, ref, fetched.stdout, fetched.stderr
+                    write_outputs, ref, fetched.stdout, fetched.stderr
                 )
         except (SshError, OSError, asyncssh.Error) as exc:
             logger.warning(
@@ -782,7 +733,7 @@ class SshBackend:
             self.state(ref.index).stage_out_errors = await self._stage_out_remote(
                 ref, host, job_dir
             )
-        status = await fileio.to_thread(_write_end, ref, fetched.rc)
+        status = await fileio.to_thread(write_end, ref, fetched.rc)
         # Fetched: remove the directory (or at least job.pid, which would
         # otherwise say "ended with nobody watching" to a later controller).
         host.pending_rm.append(job_dir + "/job.pid" if host.spec.keep_remote else job_dir)
@@ -930,23 +881,6 @@ def _local(ref: JobRef) -> Path:
     if not isinstance(path, Path):
         raise JobSubmissionError(f"staging files needs a local workdir, not {path}")
     return path
-
-
-def _write_outputs(ref: JobRef, stdout: bytes, stderr: bytes) -> None:
-    fileio.write_bytes_sync(ref.stdout_file, stdout)
-    fileio.write_bytes_sync(ref.stderr_file, stderr)
-
-
-def _write_end(ref: JobRef, rc: str) -> bool:
-    """Write job.rc and the final status locally (rc first, as the wrapper)."""
-    try:
-        code = int(rc)
-    except ValueError:
-        return False
-    fileio.write_text_sync(ref.rc_file, f"{code}\n")
-    status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
-    fileio.write_text_sync(ref.status_file, f"{int(status)}\n")
-    return True
 
 
 def _write_script_and_jid(ref: JobRef, text: str, host: str) -> None:

@@ -1,0 +1,88 @@
+"""JobRef: what a remote backend needs from a job, whichever Job made it.
+
+Several schedulers drive the same remote backends: ours (our Job) and
+pipen's (xqute's Scheduler with pipen's Job, which has ``__slots__``).  The
+SSH backend and the Slurm backend never see a Job class; they work on this
+small description and keep whatever else they learn about a job themselves,
+keyed by its index.  The helpers below write a job's end into its files the
+way the wrapper does, for backends that bring the end home themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .. import fileio, staging
+from ..path import SpecPath
+from ..status import JobStatus
+
+#: Renders a job's wrapper for where it runs: (workdir, job directory) as
+#: that host sees them, and the heartbeat interval (0: none) -> the text.
+Renderer = Callable[[str, str, float], str]
+
+
+@dataclass(frozen=True, eq=False)
+class JobRef:
+    """What a backend needs from a job.
+
+    The job's files are the usual names in ``metadir`` (job.stdout,
+    job.stderr, job.status, job.rc, job.jid, job.pid), as both xqute and
+    xqute_ssh lay them out.
+    """
+
+    index: int
+    workdir: SpecPath
+    metadir: SpecPath
+    render: Renderer
+    script_name: str
+    stage_in: Sequence[staging.StageIn] = ()
+    stage_out: Sequence[staging.StageOut] = ()
+
+    @property
+    def script_file(self) -> SpecPath:
+        return self.metadir / self.script_name
+
+    @property
+    def stdout_file(self) -> SpecPath:
+        return self.metadir / "job.stdout"
+
+    @property
+    def stderr_file(self) -> SpecPath:
+        return self.metadir / "job.stderr"
+
+    @property
+    def status_file(self) -> SpecPath:
+        return self.metadir / "job.status"
+
+    @property
+    def rc_file(self) -> SpecPath:
+        return self.metadir / "job.rc"
+
+    @property
+    def jid_file(self) -> SpecPath:
+        return self.metadir / "job.jid"
+
+    @property
+    def pid_file(self) -> SpecPath:
+        return self.metadir / "job.pid"
+
+
+def write_outputs(ref: JobRef, stdout: bytes, stderr: bytes) -> None:
+    """The job's fetched stdout and stderr into its local metadir (blocking)."""
+    fileio.write_bytes_sync(ref.stdout_file, stdout)
+    fileio.write_bytes_sync(ref.stderr_file, stderr)
+
+
+def write_end(ref: JobRef, rc: str) -> bool:
+    """Write job.rc and the final status locally (rc first, as the wrapper
+    does, so a reader that sees the status finds the rc); False if ``rc``
+    is not a number (blocking)."""
+    try:
+        code = int(rc)
+    except ValueError:
+        return False
+    fileio.write_text_sync(ref.rc_file, f"{code}\n")
+    status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
+    fileio.write_text_sync(ref.status_file, f"{int(status)}\n")
+    return True
