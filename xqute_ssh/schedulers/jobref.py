@@ -10,12 +10,19 @@ way the wrapper does, for backends that bring the end home themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import fileio, staging
 from ..path import SpecPath
 from ..status import JobStatus
+from ..wrapper import render
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..job import Job
+    from ..scheduler import Scheduler
 
 #: Renders a job's wrapper for where it runs: (workdir, job directory) as
 #: that host sees them, and the heartbeat interval (0: none) -> the text.
@@ -66,6 +73,31 @@ class JobRef:
     @property
     def pid_file(self) -> SpecPath:
         return self.metadir / "job.pid"
+
+
+def ref_of(scheduler: Scheduler, job: Job) -> JobRef:
+    """The JobRef of one of our jobs (ours, not pipen's: see the pipen
+    schedulers for theirs), for the SSH and Slurm schedulers alike."""
+
+    def render_for(workdir: str, job_dir: str, heartbeat: float) -> str:
+        # Only at a launch: the spec asks the plugins for their code.
+        spec = scheduler.wrapper_spec(job)
+        remote_spec = dataclasses.replace(
+            spec, metadir=workdir, job_metadir=job_dir, heartbeat=heartbeat
+        )
+        if spec.cwd == spec.job_metadir:  # staging jobs run in their job dir
+            remote_spec.cwd = job_dir
+        return render(remote_spec)
+
+    return JobRef(
+        index=job.index,
+        workdir=scheduler.workdir,
+        metadir=job.metadir,
+        render=render_for,
+        script_name=job.wrapped_script_file(scheduler.name).name,
+        stage_in=job.stage_in,
+        stage_out=job.stage_out,
+    )
 
 
 def write_outputs(ref: JobRef, stdout: bytes, stderr: bytes) -> None:

@@ -9,7 +9,6 @@ the backend's calls.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 from collections.abc import Sequence
@@ -18,8 +17,7 @@ from typing import Any
 from ...job import Job
 from ...scheduler import DEFAULT_SHEBANG, Scheduler
 from ...status import JobStatus
-from ...wrapper import render
-from ..jobref import JobRef
+from ..jobref import JobRef, ref_of
 from ..ssh.options import CONNECTION_KEYS
 from .backend import SlurmBackend, placeholder, workdir_key
 from .submitter import Submitter
@@ -130,25 +128,7 @@ class SlurmScheduler(Scheduler):
 
     def job_ref(self, job: Job) -> JobRef:
         """What the backend needs from one of our jobs."""
-
-        def render_for(workdir: str, job_dir: str, heartbeat: float) -> str:
-            spec = self.wrapper_spec(job)
-            cluster_spec = dataclasses.replace(
-                spec, metadir=workdir, job_metadir=job_dir, heartbeat=heartbeat
-            )
-            if spec.cwd == spec.job_metadir:
-                cluster_spec.cwd = job_dir
-            return render(cluster_spec)
-
-        return JobRef(
-            index=job.index,
-            workdir=self.workdir,
-            metadir=job.metadir,
-            render=render_for,
-            script_name=job.wrapped_script_file(self.name).name,
-            stage_in=job.stage_in,
-            stage_out=job.stage_out,
-        )
+        return ref_of(self, job)
 
     # ------------------------------------------------------------ submit
     async def submit_job(self, job: Job) -> str:

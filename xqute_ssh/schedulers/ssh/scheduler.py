@@ -21,8 +21,8 @@ from ...job import Job
 from ...scheduler import Scheduler
 from ...ssh.health import HOST_COOLDOWN, PROBE_BACKOFF, PROBE_MAX_INTERVAL, HostHealth
 from ...status import JobStatus
-from ...wrapper import render
-from .backend import JobRef, SshBackend, parse_jid
+from ..jobref import JobRef, ref_of
+from .backend import SshBackend, parse_jid
 from .fencing import Fence
 from .host import SshHost
 from .options import parse_servers, pop_server_defaults
@@ -125,26 +125,7 @@ class SshScheduler(Scheduler):
 
     def job_ref(self, job: Job) -> JobRef:
         """What the backend needs from one of our jobs."""
-
-        def render_for(workdir: str, job_dir: str, heartbeat: float) -> str:
-            # Only at a launch: the spec asks the plugins for their code.
-            spec = self.wrapper_spec(job)
-            host_spec = dataclasses.replace(
-                spec, metadir=workdir, job_metadir=job_dir, heartbeat=heartbeat
-            )
-            if spec.cwd == spec.job_metadir:  # staging jobs run in their job dir
-                host_spec.cwd = job_dir
-            return render(host_spec)
-
-        return JobRef(
-            index=job.index,
-            workdir=self.workdir,
-            metadir=job.metadir,
-            render=render_for,
-            script_name=job.wrapped_script_file(self.name).name,
-            stage_in=job.stage_in,
-            stage_out=job.stage_out,
-        )
+        return ref_of(self, job)
 
     def _sync_host(self, job: Job) -> None:
         host = self.backend.host_of(job.index)
