@@ -29,6 +29,7 @@ from .outcome import FINAL_FAILURE, failure_line
 from .path import SpecPath
 from .plugin import plugin
 from .status import KILLED_RC, JobErrorStrategy, JobStatus, is_legal
+from .wakeup import PollWakeup
 from .wrapper import WrapperSpec, render
 
 logger = logging.getLogger("xqute_ssh")
@@ -148,8 +149,9 @@ class Scheduler(ABC):
         #: new job; a submission waiting for a host gives up.
         self.stopping = False
         #: Set by backends when something changed (a local job exited) so the
-        #: poller looks now instead of at the next interval.
-        self.wakeup = asyncio.Event()
+        #: poller looks now instead of at the next interval; ``hint(index)``
+        #: when just one job ended (see wakeup.py).
+        self.wakeup = PollWakeup()
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
         self._post_init_done = False
@@ -717,6 +719,14 @@ class Scheduler(ABC):
         submitted; every ``recheck_interval`` cycles, active jobs whose
         process vanished without a final status are failed.
         """
+        return await self._check(jobs, polling_counter, recheck=True)
+
+    async def check_ended(self, jobs: Sequence[Job], polling_counter: int) -> None:
+        """Read ``jobs`` now, between poll cycles: their wrappers said they
+        ended (end events).  As a poll cycle, without the lost-job check."""
+        await self._check(jobs, polling_counter, recheck=False)
+
+    async def _check(self, jobs: Sequence[Job], polling_counter: int, *, recheck: bool) -> bool:
         active = [j for j in jobs if j.status.is_active]
         if active:
             statuses = await self.refresh_job_statuses(active)
@@ -728,7 +738,7 @@ class Scheduler(ABC):
                     continue
                 if status is not None and status != job.status:
                     await self._apply_status(job, status)
-            if polling_counter % self.recheck_interval == 0:
+            if recheck and polling_counter % self.recheck_interval == 0:
                 await self._check_lost(
                     [
                         j

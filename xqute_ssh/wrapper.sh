@@ -27,6 +27,9 @@ xq_rc=
 xq_killed=
 xq_timed_out=
 xq_done=
+# The host's end-event relay (schedulers/ssh/events.py): not the job's business.
+xq_events=${XQ_EVENTS-}
+unset XQ_EVENTS
 
 # Write a small status/rc file.  One short write: a reader sees the old
 # content, nothing (then it keeps what it knew) or the new content.  No mv, so
@@ -148,6 +151,14 @@ xq_finish() {
     case "$rc" in ''|*[!0-9]*) rc=1 ;; esac
     xq_put "$xq_rc_file" "$rc"
     if [ "$rc" -eq 0 ]; then xq_put "$xq_status_file" 6; else xq_put "$xq_status_file" 7; fi
+    # Tell the controller now rather than at its next poll: one short line
+    # into the relay's FIFO (atomic, never blocks; opened read-write so no
+    # open can wait for a reader).  Gone with its directory when the relay
+    # ends, so a stale path fails instead of making a file.  Only a hint: the
+    # files above are what the controller believes.
+    if [ -n "$xq_events" ] && [ -p "$xq_events" ]; then
+        { printf '%s\n' "$XQUTE_JOB_INDEX" 1<>"$xq_events"; } 2>/dev/null
+    fi
     # After a timeout nothing of the job may outlive it, not even children
     # that ignored TERM: the files are written, so KILL the group (and us).
     # With XQ_KILL_ON_END, the same for what a job left behind in the

@@ -37,6 +37,7 @@ from .scheduler import Scheduler
 from .schedulers import get_scheduler
 from .staging import StageSpec
 from .status import JobErrorStrategy, JobStatus
+from .wakeup import PollWakeup
 
 logger = logging.getLogger("xqute_ssh")
 
@@ -465,6 +466,8 @@ class Xqute:
 
     async def _poller(self) -> None:
         sched = self.scheduler
+        wake = sched.wakeup
+        loop = asyncio.get_running_loop()
         while True:
             self._polling_counter += 1
             if self._active:
@@ -477,23 +480,53 @@ class Xqute:
                 )
                 if not await self._unless_stopped(check):
                     return  # a signal: a check waiting on a dead host is abandoned
-                before = len(self._active)
-                self._active = [
-                    j
-                    for j in self._active
-                    if not (j.status.is_terminal and not j._retry_pending)
-                ]
-                if len(self._active) != before:
-                    self._n_ended += before - len(self._active)
-                    self._slot_changed.set()
-            if self._cancel_requested or sched.halted:
+                self._drop_ended()
+            if self._cancel_requested or sched.halted or self._finished():
                 return
-            if self._finished():
-                return
-            sched.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(sched.poll_interval):
-                    await sched.wakeup.wait()
+            # A full request made during the cycle is served by the next one,
+            # an interval on (under load submissions ask all the time).
+            wake.clear()
+            deadline = loop.time() + sched.poll_interval
+            if not isinstance(wake, PollWakeup):  # a framework's own Event
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(sched.poll_interval):
+                        await wake.wait()
+                continue
+            while not wake.full:
+                hinted = wake.take_hints()
+                if hinted:
+                    # End events: read just those jobs now (a poll cycle
+                    # would read every running job's files again).
+                    jobs = [
+                        j for j in self._active if j.index in hinted and j.status.is_active
+                    ]
+                    if jobs:
+                        quick = asyncio.ensure_future(
+                            sched.check_ended(jobs, self._polling_counter)
+                        )
+                        if not await self._unless_stopped(quick):
+                            return
+                        self._drop_ended()
+                        if self._cancel_requested or sched.halted or self._finished():
+                            return
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await wake.wait()
+
+    def _drop_ended(self) -> None:
+        """Forget the jobs that ended for good; free their slots."""
+        before = len(self._active)
+        self._active = [
+            j for j in self._active if not (j.status.is_terminal and not j._retry_pending)
+        ]
+        if len(self._active) != before:
+            self._n_ended += before - len(self._active)
+            self._slot_changed.set()
 
 
 class _FlagContext(contextlib.AbstractContextManager[Any]):

@@ -208,6 +208,37 @@ class HostPool:
             self._state.channel_closed(lease.slot)
             self._release(lease)
 
+    async def listen_loopback(
+        self, session_factory: Callable[[str, int], asyncssh.SSHTCPSession[bytes]]
+    ) -> asyncssh.SSHListener:
+        """Have the server listen on its 127.0.0.1, on a port it picks, and
+        hand each connection made there to ``session_factory`` (remote TCP
+        forwarding on a connection we have; no channel until someone connects).
+
+        The listener lives as long as its connection; close it to stop
+        listening (connections already made stay open).  Raises
+        SshConnectionLost if the connection dies, SshError if the server
+        refuses to forward (``AllowTcpForwarding no``, say).
+        """
+        lease = await self._acquire(Want.CONTROL)
+        try:
+            conn = lease.slot.link.conn
+            try:
+                listener = await conn.create_server(
+                    session_factory, "127.0.0.1", 0, encoding=None
+                )
+            except asyncssh.ChannelListenError as exc:
+                raise SshError(self.label, f"the server refused to listen: {exc}") from exc
+            except Exception as exc:
+                if is_connection_lost(exc) or lease.slot.link.is_closed:
+                    raise lost_error(self.label, exc, "asking the server to listen") from exc
+                raise
+            if listener is None:  # older asyncssh says no this way
+                raise SshError(self.label, "the server refused to listen")
+            return listener
+        finally:
+            self._release(lease)
+
     async def close(self) -> None:
         """Close all sessions and connections (idempotent; shielded from cancel)."""
         if self._closed:

@@ -134,6 +134,8 @@ class SshBackend:
         require_shared: refuse hosts that do not see the workdir (pipen's
             jobs read and write the controller's paths directly).
         stopping: tells whether the run stops (start no new job).
+        on_end: told the index of a job whose wrapper says it ended (a hint
+            to read its files now; see events.py).  None: no end events.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class SshBackend:
         kill_grace: float = 5.0,
         require_shared: bool = False,
         stopping: Callable[[], bool] = lambda: False,
+        on_end: Callable[[int], None] | None = None,
     ) -> None:
         for name, value in (
             ("host_cooldown", host_cooldown),
@@ -158,7 +161,8 @@ class SshBackend:
         if not float(probe_backoff) >= 1:
             raise ConfigError(f"probe_backoff must be >= 1, got {probe_backoff!r}")
         self.hosts: dict[str, SshHost] = {
-            s.name: SshHost(s, functools.partial(self._connected, s.name)) for s in servers
+            s.name: SshHost(s, functools.partial(self._connected, s.name), on_end)
+            for s in servers
         }
         self.placement = Placement(HostSlots(s.name, s.forks or forks) for s in servers)
         self.health = HostHealth(
@@ -424,8 +428,9 @@ class SshBackend:
                 host.mounted(ref.workdir, ref.script_file),
                 host.mounted(ref.workdir, ref.stdout_file),
                 host.mounted(ref.workdir, ref.stderr_file),
+                host.events_fifo(),
             )
-        return unshared.launch(host.job_dir(ref.index), text)
+        return unshared.launch(host.job_dir(ref.index), text, host.events_fifo())
 
     async def _stage_in(self, ref: JobRef, host: SshHost) -> None:
         """Shared host: copy locally.  Otherwise: SFTP into the job dir."""

@@ -14,11 +14,14 @@ import secrets
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
+import asyncssh
+
 from ... import fileio
 from ...errors import SshError
 from ...path import SpecPath
 from ...ssh import CommandResult, HostPool
 from . import remote, unshared
+from .events import EndEvents
 from .launcher import LaunchBatcher
 from .options import ServerSpec
 
@@ -26,6 +29,8 @@ logger = logging.getLogger("xqute_ssh")
 
 #: Bound on the clean-up round trip when a host's pool is closed.
 FLUSH_WAIT = 5.0
+#: How long the first launches to a host wait for its end-event relay.
+EVENTS_WAIT = 1.0
 
 
 class SshHost:
@@ -35,6 +40,7 @@ class SshHost:
         self,
         spec: ServerSpec,
         on_connect: Callable[[BaseException | None], None] | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -54,6 +60,10 @@ class SshHost:
         self._mounted_roots: dict[str, str] = {}
         #: Launches over the control session, batched under load.
         self.launches = LaunchBatcher(self.run, self.label)
+        #: The end-event relay (events.py); None when nobody listens.
+        self.events: EndEvents | None = (
+            EndEvents(self.label, on_end, self.run, self._listen) if on_end else None
+        )
 
     def __repr__(self) -> str:
         shared = {None: "unprobed", True: "shared", False: "unshared"}[self.shared]
@@ -88,6 +98,15 @@ class SshHost:
     async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
         return await self.pool.run(snippet, timeout=timeout)
 
+    async def _listen(
+        self, factory: Callable[[str, int], asyncssh.SSHTCPSession[bytes]]
+    ) -> asyncssh.SSHListener:
+        return await self.pool.listen_loopback(factory)
+
+    def events_fifo(self) -> str | None:
+        """Where a job launched now reports its end (None: polling only)."""
+        return self.events.fifo_for_launch() if self.events is not None else None
+
     def open_connections(self) -> int:
         s = self.pool.stats()
         return s.connections + s.connecting
@@ -95,6 +114,9 @@ class SshHost:
     async def close(self, flush: bool = True) -> None:
         """Close the pool; a later use opens a fresh one.  With ``flush``,
         fetched remote job directories are removed first (bounded wait)."""
+        if self.events is not None:
+            await self.events.close(remote=flush)
+            self.events = EndEvents(self.label, self.events.on_end, self.run, self._listen)
         if self.pending_rm and flush:
             remove, self.pending_rm = self.pending_rm, []
             with contextlib.suppress(SshError, TimeoutError):
@@ -160,6 +182,13 @@ class SshHost:
                 )
             self.probe = probe
             logger.info("%s ready (bash %s)", self.label, probe.bash_version)
+            if self.events is not None:
+                # Usually up in a few ms; the first jobs should not miss it,
+                # but a host where it hangs must not hold them back either.
+                self.events.kick()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(EVENTS_WAIT):
+                        await self.events.started()
 
     async def _sees_workdir(self, workdir: SpecPath) -> bool:
         """Does this host see the workdir, and can it write there?

@@ -62,8 +62,11 @@ class ProbeResult:
         )
 
 
-def launch(script: str, stdout: str, stderr: str) -> str:
+def launch(script: str, stdout: str, stderr: str, events: str | None = None) -> str:
     """Start ``bash script`` detached; print "<pid> <starttime>" or an error.
+
+    ``events``: the FIFO of the host's end-event relay (events.py), handed
+    to the wrapper in its environment (it unsets it before the job runs).
 
     The job gets its own session and process group (``setsid``; it is not a
     group leader when started with ``&`` from a non-interactive shell, so
@@ -80,7 +83,8 @@ def launch(script: str, stdout: str, stderr: str) -> str:
         # BASH_ENV is for the job's bash only (see wrapper.sh).
         'if [ -n "${BASH_ENV+x}" ]; then XQ_BASH_ENV=$BASH_ENV; '
         "export XQ_BASH_ENV; unset BASH_ENV; fi; "
-        f"setsid bash {_q(script)} </dev/null >{_q(stdout)} 2>{_q(stderr)} & "
+        + (f"XQ_EVENTS={_q(events)} " if events else "")
+        + f"setsid bash {_q(script)} </dev/null >{_q(stdout)} 2>{_q(stderr)} & "
         'p=$!; xq_stat "$p" && echo "xq-started $p ${st#* }" '
         '|| echo "xq-started $p 0"; fi'
     )

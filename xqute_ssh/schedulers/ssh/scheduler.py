@@ -86,6 +86,8 @@ class SshScheduler(Scheduler):
             lost_after=lost_after,
             kill_grace=self.kill_grace,
             stopping=lambda: self.stopping,
+            # End events (events.py): the poller reads a job as it ends.
+            on_end=self.wakeup.hint,
         )
         # A job can only run where a slot is; never admit more than all hosts hold.
         if self.forks > self.backend.capacity:

@@ -63,8 +63,9 @@ def parse_token_check(text: str) -> tuple[str, str | None]:
     return token, "no answer to the write test"
 
 
-def launch(job_dir: str, script: str) -> str:
-    """Make the job directory, write the wrapper, write SUBMITTED, start it."""
+def launch(job_dir: str, script: str, events: str | None = None) -> str:
+    """Make the job directory, write the wrapper, write SUBMITTED, start it
+    (``events``: see remote.launch)."""
     d = _q(job_dir)
     payload = base64.b64encode(script.encode("utf-8", "surrogateescape")).decode()
     path = f"{job_dir}/job.wrapped.ssh"
@@ -73,7 +74,7 @@ def launch(job_dir: str, script: str) -> str:
         f"umask 077; mkdir -p -- {d} && rm -f -- {files} && "
         f"printf '%s' {payload} | base64 -d > {_q(path)} && "
         f"echo 3 > {_q(job_dir + '/job.status')} && "
-        + remote.launch(path, f"{job_dir}/job.stdout", f"{job_dir}/job.stderr")
+        + remote.launch(path, f"{job_dir}/job.stdout", f"{job_dir}/job.stderr", events)
     )
 
 
