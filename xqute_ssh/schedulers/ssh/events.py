@@ -70,7 +70,10 @@ t=$XQ_RELAY_TOKEN; unset XQ_RELAY_TOKEN
 exec 3<>"$d/fifo" 4<>"/dev/tcp/127.0.0.1/$2" || exit 1
 printf '%s\\n' "$t" >&4 || exit 1
 while :; do
-    if IFS= read -r -t {KEEPALIVE} l <&3; then printf '%s\\n' "$l" >&4 || break
+    if IFS= read -r -t {KEEPALIVE} l <&3; then
+        # the lines already waiting go in the same write (one SSH packet)
+        while read -r -t 0 <&3 && IFS= read -r m <&3; do l=$l$'\\n'$m; done
+        printf '%s\\n' "$l" >&4 || break
     elif [ $? -gt 128 ]; then printf '\\n' >&4 || break
     else break; fi
 done
