@@ -145,6 +145,31 @@ def mkdir_sync(path: PathArg) -> None:
     _p(path).mkdir(parents=True, exist_ok=True)
 
 
+def make_dir_sync(path: PathArg) -> bool:
+    """Make the directory (and its parents); True if this call created it.
+
+    A job directory this process just created holds nothing of an earlier
+    attempt, so its first submission need not look for one (the common
+    case: a new run).  Cloud paths have no such answer: False.
+    """
+    target = _p(path)
+    if not isinstance(target, Path):
+        target.mkdir(parents=True, exist_ok=True)
+        return False
+    for _ in range(2):
+        try:
+            os.mkdir(target)
+            return True
+        except FileExistsError:
+            if target.is_dir():
+                return False
+            raise
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(target)  # the parents vanished twice: let the error speak
+    return True
+
+
 async def read_text(path: PathArg) -> str | None:
     return await asyncio.to_thread(read_text_sync, path)
 
@@ -163,6 +188,11 @@ async def unlink(path: PathArg) -> None:
 
 async def mkdir(path: PathArg) -> None:
     await asyncio.to_thread(mkdir_sync, path)
+
+
+async def make_dir(path: PathArg) -> bool:
+    """See :func:`make_dir_sync`."""
+    return await asyncio.to_thread(make_dir_sync, path)
 
 
 async def exists(path: PathArg) -> bool:

@@ -123,6 +123,7 @@ class Job:
         "_cmd",
         "_error_retry",
         "_files",
+        "_fresh",
         "_jid",
         "_num_retries",
         "_retry_pending",
@@ -166,6 +167,9 @@ class Job:
         self._jid: str | None = None
         self._started_hook_done = False
         self._retry_pending = False
+        #: The metadir was made by this process and no attempt has been
+        #: prepared in it: there is no earlier attempt to look for.
+        self._fresh = False
         self.submitted_at: float | None = None
         self.ended_at: float | None = None
         self._files: dict[str, SpecPath] = {}
@@ -368,8 +372,9 @@ class Job:
         is on the hot path when thousands of short jobs run.
         """
         fileio.mkdir_sync(self.metadir)
-        for f in self._attempt_files():
-            fileio.unlink_sync(f)
+        if not self._fresh:  # a new directory has nothing to clean
+            for f in self._attempt_files():
+                fileio.unlink_sync(f)
         fileio.write_text_sync(self.cmd_file, self.cmd_json())
         fileio.write_text_sync(self.status_file, f"{int(JobStatus.SUBMITTED)}\n")
 
@@ -383,4 +388,5 @@ class Job:
         # by now it must have one.
         self._cmd = normalize_cmd(self._cmd)
         await fileio.to_thread(self._prepare_submission_sync)
+        self._fresh = False
         self._reset_memory()

@@ -211,7 +211,7 @@ class Scheduler(ABC):
             envs=envs,
         )
         try:
-            await fileio.mkdir(job.metadir)
+            job._fresh = await fileio.make_dir(job.metadir)
         except OSError as exc:
             raise WorkdirError(
                 f"job {index}: cannot create its directory {str(job.metadir)!r}: "
@@ -408,6 +408,8 @@ class Scheduler(ABC):
         A host that cannot be asked now: re-attach and let lost-job
         detection decide, rather than risk running the job twice.
         """
+        if getattr(job, "_fresh", False):
+            return False  # its directory is new: no earlier attempt exists
         record = await attempt.read_record(job, self.pid_file(job))
         action = attempt.decide(record, self.resume)
         if record.status is not None or record.jid:
