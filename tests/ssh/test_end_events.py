@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,44 @@ async def test_only_the_relay_is_heard_on_the_event_port(sshd_host) -> None:
         await wait_until(lambda: got == [5, 12], what="both indexes")
         writer.close()
         listener.close()
+
+
+def _write_line(fifo: str, line: str) -> None:
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # a relay reads it, or ENXIO
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+async def test_a_relay_cut_off_ends_and_a_new_one_takes_over(sshd_host, monkeypatch) -> None:
+    """sshd crashes under the relay: the relay ends on its next write (and
+    removes its FIFO), and the next start gives a working one."""
+    monkeypatch.setattr(events, "RESTART_AFTER", 0.0)
+    got: list[int] = []
+    pool = HostPool(HostConfig(**sshd_host.server_spec()))
+    async with pool:
+        ev = events.EndEvents("h", got.append, pool.run, pool.listen_loopback)
+        ev.kick()
+        await ev.started()
+        first = ev.fifo
+        assert first is not None and await asyncio.to_thread(Path(first).is_fifo)
+        await asyncio.to_thread(_write_line, first, "3")
+        await wait_until(lambda: got == [3], what="the first relay's line")
+
+        await asyncio.to_thread(sshd_host.restart)  # connections drop, processes live on
+        await wait_until(lambda: ev.fifo is None, what="the relay's channel seen closed")
+        await asyncio.to_thread(_write_line, first, "4")  # its next write fails: it ends
+        await wait_until(lambda: not Path(first).parent.exists(), what="the old FIFO removed")
+
+        ev.kick()
+        await ev.started()
+        second = ev.fifo
+        assert second is not None and second != first
+        await asyncio.to_thread(_write_line, second, "5")
+        await wait_until(lambda: got == [3, 5], what="the new relay's line")
+        await ev.close()
+        await wait_until(lambda: not Path(second).parent.exists(), what="closed relay's FIFO removed")
 
 
 def test_start_reply_parsing() -> None:

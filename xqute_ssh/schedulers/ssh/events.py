@@ -25,8 +25,10 @@ no``), bash lacks ``/dev/tcp``, or the relay dies (its connection closed),
 jobs are seen by polling as before; a relay is started again at most every
 :data:`RESTART_AFTER` seconds.
 
-The relay ends by itself once its connection is gone (its keep-alive write,
-every :data:`KEEPALIVE` seconds, fails) or when told to (TERM, at close);
+The relay ends by itself once its connection is gone (it finds its socket
+readable, which only a close makes it: we never send it anything; it looks
+after each write and every :data:`KEEPALIVE` seconds) or when told to
+(TERM, at close);
 it removes its directory as it goes, so a wrapper of a later job never opens
 a FIFO nobody reads (it cannot: the directory is gone, and opening a path in
 a missing directory fails instead of creating a file).
@@ -49,8 +51,8 @@ from ...ssh import CommandResult
 
 logger = logging.getLogger("xqute_ssh")
 
-#: Seconds between the relay's keep-alive lines (how soon it notices that
-#: its connection is gone when no job writes).
+#: Seconds between the relay's checks that its connection is still there
+#: when no job writes (it checks after each write too).
 KEEPALIVE = 30
 #: How long the relay may take to connect back once started.
 START_TIMEOUT = 10.0
@@ -74,8 +76,11 @@ while :; do
         # the lines already waiting go in the same write (one SSH packet)
         while read -r -t 0 <&3 && IFS= read -r m <&3; do l=$l$'\\n'$m; done
         printf '%s\\n' "$l" >&4 || break
-    elif [ $? -gt 128 ]; then printf '\\n' >&4 || break
-    else break; fi
+    elif [ $? -le 128 ]; then break
+    fi
+    # Nothing ever comes the other way: a readable socket is a closed one
+    # (sshd gone, or our connection with it).
+    read -r -t 0 <&4 && break
 done
 """
 
@@ -152,7 +157,7 @@ class _RelayChannel(asyncssh.SSHTCPSession[bytes]):
                 self._owner._relay_on(self)
             elif line.isdigit():
                 self._owner.on_end(int(line))
-            # empty lines are keep-alives; anything else is ignored
+            # anything else (an empty line, say) is ignored
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._proven:
