@@ -126,6 +126,7 @@ class Job:
         "_fresh",
         "_jid",
         "_num_retries",
+        "_prepare_pending",
         "_retry_pending",
         "_started_hook_done",
         "_status",
@@ -170,6 +171,7 @@ class Job:
         #: The metadir was made by this process and no attempt has been
         #: prepared in it: there is no earlier attempt to look for.
         self._fresh = False
+        self._prepare_pending = False
         self.submitted_at: float | None = None
         self.ended_at: float | None = None
         self._files: dict[str, SpecPath] = {}
@@ -377,16 +379,34 @@ class Job:
                 fileio.unlink_sync(f)
         fileio.write_text_sync(self.cmd_file, self.cmd_json())
         fileio.write_text_sync(self.status_file, f"{int(JobStatus.SUBMITTED)}\n")
+        self._fresh = False
 
-    async def prepare_submission(self) -> None:
+    async def prepare_submission(self, *, defer: bool = False) -> None:
         """Clean the last attempt's files, write job.cmd and SUBMITTED.
 
         The in-memory status stays QUEUED: the hooks for SUBMITTED fire once
-        the backend has really started the job.
+        the backend has really started the job.  With ``defer`` the files
+        are written by :meth:`prepare_pending_sync`, which the backend calls
+        in its own thread hop before it starts the job (the SSH backend: with
+        the script; one hop per job fewer).
         """
         # A job may be created with an empty command and given one later;
         # by now it must have one.
         self._cmd = normalize_cmd(self._cmd)
-        await fileio.to_thread(self._prepare_submission_sync)
-        self._fresh = False
+        if defer:
+            self._prepare_pending = True
+        else:
+            self._prepare_pending = False
+            await fileio.to_thread(self._prepare_submission_sync)
         self._reset_memory()
+
+    def prepare_pending_sync(self) -> None:
+        """Write what a deferred :meth:`prepare_submission` left (blocking)."""
+        if self._prepare_pending:
+            self._prepare_submission_sync()
+            self._prepare_pending = False
+
+    async def prepare_pending(self) -> None:
+        """:meth:`prepare_pending_sync` in a worker thread, if anything is left."""
+        if self._prepare_pending:
+            await fileio.to_thread(self.prepare_pending_sync)

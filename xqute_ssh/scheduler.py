@@ -81,6 +81,10 @@ class Scheduler(ABC):
     """
 
     name: ClassVar[str] = "base"
+    #: True when ``submit_job`` writes the job's attempt files itself (via
+    #: ``Job.prepare_pending_sync``, in the thread hop of its own writes)
+    #: instead of before it is called: one worker-thread hop per job fewer.
+    defer_prepare: ClassVar[bool] = False
     job_class: type[Job] = Job
 
     def __init__(
@@ -585,13 +589,17 @@ class Scheduler(ABC):
                 )
             return
         try:
-            await job.prepare_submission()  # clean, job.cmd, SUBMITTED on disk
+            # clean, job.cmd, SUBMITTED on disk (or by the backend, just
+            # before it starts the job: defer_prepare)
+            await job.prepare_submission(defer=self.defer_prepare)
             jid = await self.submit_job(job)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not getattr(exc, "reported", False):  # said once already
                 logger.error("job %s: submission failed: %s", job.index, exc)
+            with contextlib.suppress(OSError):  # the failure is written next
+                await job.prepare_pending()
             await self.transition_job_status(
                 job,
                 JobStatus.FAILED,

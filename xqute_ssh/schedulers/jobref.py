@@ -45,6 +45,10 @@ class JobRef:
     script_name: str
     stage_in: Sequence[staging.StageIn] = ()
     stage_out: Sequence[staging.StageOut] = ()
+    #: Writes the job's own files for this attempt (job.cmd, SUBMITTED),
+    #: blocking; the backend runs it in the thread hop that writes the
+    #: script, right before the launch (one hop per job instead of two).
+    prepare: Callable[[], None] | None = None
 
     @property
     def script_file(self) -> SpecPath:
@@ -97,6 +101,7 @@ def ref_of(scheduler: Scheduler, job: Job) -> JobRef:
         script_name=job.wrapped_script_file(scheduler.name).name,
         stage_in=job.stage_in,
         stage_out=job.stage_out,
+        prepare=job.prepare_pending_sync,
     )
 
 

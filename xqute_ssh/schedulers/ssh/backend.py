@@ -889,6 +889,10 @@ def _local(ref: JobRef) -> Path:
 
 
 def _write_script_and_jid(ref: JobRef, text: str, host: str) -> None:
-    """One worker-thread hop for the two writes before a launch."""
+    """One worker-thread hop for the writes before a launch, in the order a
+    restart relies on: job.cmd and SUBMITTED (the job's deferred
+    preparation), the script, then the job id so far."""
+    if ref.prepare is not None:
+        ref.prepare()
     fileio.write_text_sync(ref.script_file, text, mode=0o700)
     fileio.write_text_sync(ref.jid_file, f"{host}:\n")

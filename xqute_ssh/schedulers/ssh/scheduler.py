@@ -53,6 +53,8 @@ class SshScheduler(Scheduler):
     """
 
     name = "ssh"
+    # backend.submit writes job.cmd and SUBMITTED with the script (jobref.py)
+    defer_prepare = True
 
     def __init__(
         self,
