@@ -132,4 +132,4 @@ def read_record_sync(job: Job, pid_file: SpecPath) -> AttemptRecord:
 
 
 async def read_record(job: Job, pid_file: SpecPath) -> AttemptRecord:
-    return await fileio.to_thread(read_record_sync, job, pid_file)
+    return await fileio.small(fileio.is_local(job.metadir), read_record_sync, job, pid_file)

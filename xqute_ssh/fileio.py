@@ -3,6 +3,13 @@
 Every function runs the real work in a worker thread and accepts local paths
 and cloudpathlib paths alike.  Status reads for many jobs are batched into one
 thread hop (:func:`read_many`), since polling is the hot path.
+
+Small operations on local files issued in the same event-loop iteration
+share one worker-thread hop (:func:`small`), run in the order they were
+issued: under load, when a batch of launches comes back or many jobs end at
+once, a hop per file costed more (waking a thread, handing the GIL back and
+forth) than the writes themselves.  Nothing waits for a batch to fill: the
+hop leaves at the end of the iteration that asked for it.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cloudpathlib import CloudPath
 from cloudpathlib.exceptions import CloudPathNotExistsError
@@ -24,6 +33,77 @@ PathArg = AnyPathLike | SpecPath
 
 
 to_thread = asyncio.to_thread
+
+_T = TypeVar("_T")
+
+
+class _Hop:
+    """The small operations one loop iteration asked for, and their futures."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.scheduled = False
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        self.items.append((fn, args, future))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._go)
+        return future
+
+    def _go(self) -> None:
+        items, self.items = self.items, []
+        self.scheduled = False
+        done = self.loop.run_in_executor(None, _run_items, [(f, a) for f, a, _ in items])
+        done.add_done_callback(lambda d: _settle([fut for _, _, fut in items], d))
+
+
+def _run_items(
+    items: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+) -> list[tuple[bool, Any]]:
+    out: list[tuple[bool, Any]] = []
+    for fn, args in items:
+        try:
+            out.append((True, fn(*args)))
+        except Exception as exc:  # each caller gets its own error
+            out.append((False, exc))
+    return out
+
+
+def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[Any]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        exc = asyncio.CancelledError() if done.cancelled() else done.exception()
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(exc)  # type: ignore[arg-type]
+        return
+    for fut, (ok, value) in zip(futures, done.result(), strict=True):
+        if fut.done():  # its caller was cancelled; the operation ran anyway
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+_hops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hop] = weakref.WeakKeyDictionary()
+
+
+async def small(local: bool, fn: Callable[..., _T], *args: Any) -> _T:
+    """Run a small blocking file operation off the loop; ``local``: its files
+    are on a local filesystem, so it may share a hop with the other small
+    operations of this loop iteration (see the module doc).  Cloud paths get
+    a thread of their own: a slow request must not hold the others up."""
+    if not local:
+        return await asyncio.to_thread(fn, *args)
+    loop = asyncio.get_running_loop()
+    hop = _hops.get(loop)
+    if hop is None:
+        hop = _hops[loop] = _Hop(loop)
+    result: _T = await hop.submit(fn, args)
+    return result
 
 
 def _p(path: PathArg) -> AnyPathLike:
@@ -171,19 +251,19 @@ def make_dir_sync(path: PathArg) -> bool:
 
 
 async def read_text(path: PathArg) -> str | None:
-    return await asyncio.to_thread(read_text_sync, path)
+    return await small(is_local(path), read_text_sync, path)
 
 
 async def write_text(path: PathArg, text: str, mode: int = 0o644) -> None:
-    await asyncio.to_thread(write_text_sync, path, text, mode)
+    await small(is_local(path), write_text_sync, path, text, mode)
 
 
 async def append_text(path: PathArg, text: str) -> None:
-    await asyncio.to_thread(append_text_sync, path, text)
+    await small(is_local(path), append_text_sync, path, text)
 
 
 async def unlink(path: PathArg) -> None:
-    await asyncio.to_thread(unlink_sync, path)
+    await small(is_local(path), unlink_sync, path)
 
 
 async def mkdir(path: PathArg) -> None:
@@ -192,7 +272,7 @@ async def mkdir(path: PathArg) -> None:
 
 async def make_dir(path: PathArg) -> bool:
     """See :func:`make_dir_sync`."""
-    return await asyncio.to_thread(make_dir_sync, path)
+    return await small(is_local(path), make_dir_sync, path)
 
 
 async def exists(path: PathArg) -> bool:
@@ -208,7 +288,7 @@ async def read_many(paths: Iterable[PathArg]) -> list[str | None]:
     items = list(paths)
     if not items:
         return []
-    return await asyncio.to_thread(_read_many, items)
+    return await small(all(is_local(p) for p in items), _read_many, items)
 
 
 def _move_many(pairs: Sequence[tuple[PathArg, PathArg]]) -> None:

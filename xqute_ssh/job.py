@@ -397,7 +397,7 @@ class Job:
             self._prepare_pending = True
         else:
             self._prepare_pending = False
-            await fileio.to_thread(self._prepare_submission_sync)
+            await fileio.small(fileio.is_local(self.metadir), self._prepare_submission_sync)
         self._reset_memory()
 
     def prepare_pending_sync(self) -> None:
@@ -409,4 +409,4 @@ class Job:
     async def prepare_pending(self) -> None:
         """:meth:`prepare_pending_sync` in a worker thread, if anything is left."""
         if self._prepare_pending:
-            await fileio.to_thread(self.prepare_pending_sync)
+            await fileio.small(fileio.is_local(self.metadir), self.prepare_pending_sync)

@@ -341,7 +341,9 @@ class SshBackend:
                 # only; the script travels inside the launch request.  The
                 # job id "<server>:" says where the job goes before it exists:
                 # if we die before its pid is recorded, a restart finds it.
-                await fileio.to_thread(_write_script_and_jid, ref, text, host.name)
+                await fileio.small(
+                    fileio.is_local(ref.metadir), _write_script_and_jid, ref, text, host.name
+                )
                 if self.stopping():
                     raise asyncio.CancelledError
                 reply = await self._launch(ref, host, self._launch_request(ref, host, text))
