@@ -374,6 +374,7 @@ def run_w8(
         "2h-tmpfs-cpu",
         "2h-ext4-cpu",
         "16h-tmpfs-cpu",
+        "marginal-cpu",
         "lat-med",
         "lat-p95",
         "satlat-med",
