@@ -36,8 +36,11 @@ def relay_fifos(xq: Xqute) -> list[str]:
 
 
 async def test_job_ends_are_seen_without_waiting_for_a_poll(
-    sshd_cluster, tmp_path: Path
+    sshd_cluster, tmp_path: Path, monkeypatch
 ) -> None:
+    # Every launch must carry its host's relay, even on a loaded machine
+    # where a relay takes longer than the usual wait to come up.
+    monkeypatch.setattr("xqute_ssh.schedulers.ssh.host.EVENTS_WAIT", 30.0)
     xq = Xqute(
         "ssh",
         forks=4,
