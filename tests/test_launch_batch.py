@@ -7,7 +7,12 @@ import asyncio
 import pytest
 
 from xqute_ssh.errors import SshConnectionLost
-from xqute_ssh.schedulers.ssh.launcher import LaunchBatcher, join_parts, split_reply
+from xqute_ssh.schedulers.ssh.launcher import (
+    LaunchBatcher,
+    collect_output,
+    join_parts,
+    split_reply,
+)
 from xqute_ssh.ssh import CommandResult
 
 
@@ -17,6 +22,44 @@ def test_a_batch_reply_cuts_at_numbered_separators_only() -> None:
     assert split_reply(text, 2) is None  # a separator too many or too few: no guess
     assert split_reply("a\nxq-next 1\nb\n", 2) is None  # out of order
     assert join_parts(["a", "b", "c"]) == "a\necho 'xq-next 0'\nb\necho 'xq-next 1'\nc"
+
+
+def test_a_collected_batch_prints_its_parts_in_one_write_as_sh_runs_it(tmp_path) -> None:
+    """Under real ``sh``: the same reply as the parts printed one by one,
+    in a single write (one SSH packet per batch, not one per job)."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from xqute_ssh.schedulers.ssh import remote
+
+    scripts = []
+    for i in range(3):
+        script = tmp_path / f"s{i}.sh"
+        script.write_text("echo hi\n")
+        scripts.append(str(script))
+    snippets = [
+        remote.launch(s, str(tmp_path / f"o{i}"), str(tmp_path / f"e{i}"))
+        for i, s in enumerate(scripts)
+    ] + [remote.launch(str(tmp_path / "missing.sh"), "/dev/null", "/dev/null")]
+    batch = collect_output(join_parts(snippets))
+    # the way the control session frames a request (ssh/control.py)
+    frame = f"( eval {shlex.quote(batch)} ) </dev/null"
+    out = subprocess.run(["sh", "-c", frame], capture_output=True, text=True, timeout=30)
+    pieces = split_reply(out.stdout, 4)
+    assert pieces is not None, out
+    assert [remote.parse_launch(p) for p in pieces][-1] == "noscript"
+    assert all(not isinstance(remote.parse_launch(p), str) for p in pieces[:3])
+    if shutil.which("strace"):
+        trace = tmp_path / "trace"
+        traced = subprocess.run(
+            ["strace", "-f", "-e", "trace=write", "-o", str(trace), "sh", "-c", frame],
+            capture_output=True, timeout=30, check=True,
+        )
+        whole = len(traced.stdout)
+        writes = [ln for ln in trace.read_text().splitlines() if " write(1, " in ln]
+        # the parts wrote into the capture; the reply left in one write
+        assert any(ln.endswith(f"= {whole}") for ln in writes), writes
 
 
 class FakeHost:
@@ -33,7 +76,10 @@ class FakeHost:
         if self.fail is not None:
             raise self.fail
         out = []
-        for line in snippet.split("\n"):
+        lines = snippet.split("\n")
+        if lines[0] == "xq_o=$(":  # collect_output(): the parts are inside
+            lines = lines[1:-1]
+        for line in lines:
             if line.startswith("echo 'xq-next "):
                 out.append(line[6:-1] + "\n")
             else:

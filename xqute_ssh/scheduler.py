@@ -620,6 +620,8 @@ class Scheduler(ABC):
             )
         await self.transition_job_status(job, JobStatus.SUBMITTED)
         self.wakeup.set()
+        if isinstance(self.wakeup, PollWakeup):  # a framework may set its own Event
+            self.wakeup.submitted(job.index)
 
     async def retry_job(self, job: Job) -> None:
         """Archive the failed attempt in job.retry/<n> and submit it again.

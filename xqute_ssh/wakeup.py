@@ -6,6 +6,11 @@ ended" (an end event from a host, see schedulers/ssh/events.py).  The second
 kind comes once per job, hundreds per second under load; a full poll cycle
 for each would read every running job's files again, so such hints collect
 here and the poller reads just those jobs' files.
+
+Under load a short job often ends before its submission has returned (the
+launch reply is still on its way): its hint is *parked* until the job is
+marked SUBMITTED, then given again, so the job is read at once rather than
+at the next full cycle (up to a poll interval later).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class PollWakeup(asyncio.Event):
         #: A full cycle was asked for since the last clear().
         self.full = False
         self._hints: builtins.set[int] = builtins.set()
+        self._parked: builtins.set[int] = builtins.set()
 
     def set(self) -> None:
         self.full = True
@@ -46,3 +52,14 @@ class PollWakeup(asyncio.Event):
         """The jobs hinted at since the last call."""
         hints, self._hints = self._hints, builtins.set()
         return hints
+
+    def park(self, index: int) -> None:
+        """Keep job ``index``'s hint until :meth:`submitted` (its submission
+        has not returned yet, so it cannot be read as a running job)."""
+        self._parked.add(index)
+
+    def submitted(self, index: int) -> None:
+        """Job ``index`` is SUBMITTED now: a hint parked for it counts again."""
+        if index in self._parked:
+            self._parked.discard(index)
+            self.hint(index)

@@ -497,9 +497,16 @@ class Xqute:
                 if hinted:
                     # End events: read just those jobs now (a poll cycle
                     # would read every running job's files again).
-                    jobs = [
-                        j for j in self._active if j.index in hinted and j.status.is_active
-                    ]
+                    jobs = []
+                    for j in self._active:
+                        if j.index not in hinted:
+                            continue
+                        if j.status.is_active:
+                            jobs.append(j)
+                        elif j.status == JobStatus.QUEUED:
+                            # Ended before its submission returned: read it
+                            # once it is SUBMITTED (see wakeup.py).
+                            wake.park(j.index)
                     if jobs:
                         quick = asyncio.ensure_future(
                             sched.check_ended(jobs, self._polling_counter)

@@ -12,7 +12,11 @@ each do one round trip's work for many jobs.
 
 Every launch snippet keeps its own meaning: the batch runs them one after
 another in the same subshell, separated by ``echo 'xq-next <i>'``, and the
-reply is cut at those lines, each part checked against its position.  A
+reply is cut at those lines, each part checked against its position.  The
+batch's output is collected and printed in one write at its end
+(:func:`collect_output`): each ``echo`` of its own became an SSH packet of
+its own, which the controller decrypted and handled one by one (about one
+packet per job, measured); one write makes it one packet per batch.  A
 reply that does not cut cleanly fails every part with a retryable error,
 so the caller looks for the job's own ``job.pid`` before starting it again
 (as after a connection lost during a launch), never guessing which pid is
@@ -55,6 +59,19 @@ def join_parts(snippets: list[str]) -> str:
             out.append(f"echo 'xq-next {i - 1}'")
         out.append(snippet)
     return "\n".join(out)
+
+
+def collect_output(snippet: str) -> str:
+    """``snippet`` with its stdout printed in one write when it ends.
+
+    A command substitution collects it (one fork per batch); the jobs it
+    starts redirect their own output, so nothing holds the capture open.
+    If the batch dies midway nothing is printed, and the reply fails to
+    cut, as a partial one did before: each caller then looks for its job's
+    ``job.pid``.  The substitution drops trailing newlines; the ``printf``
+    ends the output with one, and :func:`split_reply` cuts on lines.
+    """
+    return f"xq_o=$(\n{snippet}\n); printf '%s\\n' \"$xq_o\""
 
 
 def split_reply(text: str, n: int) -> list[str] | None:
@@ -148,7 +165,7 @@ class LaunchBatcher:
 
     async def _many(self, parts: list[LaunchPart]) -> None:
         try:
-            reply = await self._run(join_parts([p.snippet for p in parts]))
+            reply = await self._run(collect_output(join_parts([p.snippet for p in parts])))
         except BaseException as exc:
             for part in parts:
                 _fail(part, exc)
