@@ -43,8 +43,8 @@ def test_a_collected_batch_prints_its_parts_in_one_write_as_sh_runs_it(tmp_path)
         for i, s in enumerate(scripts)
     ] + [remote.launch(str(tmp_path / "missing.sh"), "/dev/null", "/dev/null")]
     batch = collect_output(join_parts(snippets))
-    # the way the control session frames a request (ssh/control.py)
-    frame = f"( eval {shlex.quote(batch)} ) </dev/null"
+    # the way the control session frames a launch (ssh/control.py)
+    frame = f"( eval {shlex.quote(batch)} ) </dev/null 2>&1"
     out = subprocess.run(["sh", "-c", frame], capture_output=True, text=True, timeout=30)
     pieces = split_reply(out.stdout, 4)
     assert pieces is not None, out
@@ -77,7 +77,7 @@ class FakeHost:
             raise self.fail
         out = []
         lines = snippet.split("\n")
-        if lines[0] == "xq_o=$(":  # collect_output(): the parts are inside
+        if lines[0] == "xq_o=$( {":  # collect_output(): the parts are inside
             lines = lines[1:-1]
         for line in lines:
             if line.startswith("echo 'xq-next "):

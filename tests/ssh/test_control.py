@@ -270,6 +270,24 @@ async def test_pipelined_requests_come_back_in_order(sshd_host) -> None:
         assert results == [CommandResult(i % 5, f"{i}\n", f"e{i}\n") for i in range(300)]
 
 
+async def test_merged_stderr_mixed_with_plain_requests_stays_in_sync(sshd_host) -> None:
+    """Launch-style requests (stderr folded into stdout, no stderr marker)
+    pipelined between plain ones: every reply is its own, in order."""
+    async with HostPool(host_config(sshd_host)) as pool:
+        reqs = []
+        for i in range(200):
+            snippet = f"echo {i}; echo e{i} >&2; exit {i % 3}"
+            reqs.append(pool.run(snippet, merge_stderr=i % 2 == 0))
+        results = await asyncio.gather(*reqs)
+        for i, r in enumerate(results):
+            if i % 2 == 0:
+                assert r == CommandResult(i % 3, f"{i}\ne{i}\n", ""), (i, r)
+            else:
+                assert r == CommandResult(i % 3, f"{i}\n", f"e{i}\n"), (i, r)
+        # after a merged request, a plain one's stderr is still its own
+        assert await pool.run("echo x >&2") == CommandResult(0, "", "x\n")
+
+
 async def test_cancelled_run_keeps_session(sshd_host) -> None:
     async with HostPool(host_config(sshd_host)) as pool:
         await pool.run("true")

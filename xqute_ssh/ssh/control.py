@@ -19,7 +19,10 @@ printf '\\nXQ<nonce> %d\\n' SEQ >&2
 * stdin of the snippet is /dev/null: nothing it runs can eat the protocol
   stream, and a snippet that reads stdin sees EOF at once.
 * The reply is everything on stdout up to the stdout marker line and
-  everything on stderr up to the stderr marker line.  The marker is preceded
+  everything on stderr up to the stderr marker line.  A request sent with
+  ``merge_stderr`` has its stderr folded into its stdout (``2>&1``) and no
+  stderr marker: one packet back instead of two (job launches, one per job
+  where hosts are many and batches small).  The marker is preceded
   by a newline that we print and strip, so output without a trailing newline
   comes back byte-exact.  ``<nonce>`` is 128 random bits per session, written
   literally into each request (never stored in a shell variable), so command
@@ -256,15 +259,19 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         return f"<ControlSession {self.label} {state} outstanding={self._inflight}>"
 
     # ------------------------------------------------------------ requests
-    async def run(self, snippet: str, timeout: float) -> CommandResult:
+    async def run(
+        self, snippet: str, timeout: float, *, merge_stderr: bool = False
+    ) -> CommandResult:
         """Run ``snippet`` (POSIX shell code) and return its result.
 
         The write happens before the first await, so a caller that checked
         :attr:`usable` knows the request was sent if this raises later.
+        With ``merge_stderr`` the snippet's stderr comes back in ``stdout``
+        (in order with it) and ``stderr`` is empty.
         Raises SshTimeoutError after ``timeout`` seconds (and retires the
         session), SshConnectionLost if the session dies first.
         """
-        req = self._submit(snippet)
+        req = self._submit(snippet, merge_stderr=merge_stderr)
         try:
             async with asyncio.timeout(timeout):
                 return await req.future
@@ -274,7 +281,7 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
                 self.label, f"remote command did not finish within {timeout:g}s"
             ) from None
 
-    def _submit(self, snippet: str) -> _Request:
+    def _submit(self, snippet: str, *, merge_stderr: bool = False) -> _Request:
         """Frame and write one request; synchronous so FIFO order is the write order."""
         if "\0" in snippet:
             raise ValueError("a shell snippet cannot contain NUL characters")
@@ -286,13 +293,20 @@ class ControlSession(asyncssh.SSHClientSession[bytes]):
         self._seq += 1
         req = _Request(seq, asyncio.get_running_loop().create_future())
         tag = self._tag
-        frame = (
-            f"( eval {shlex.quote(snippet)} ) </dev/null; "
-            f"printf '\\n{tag} %d %d\\n' {seq} \"$?\"; "
-            f"printf '\\n{tag} %d\\n' {seq} >&2\n"
-        )
+        if merge_stderr:
+            frame = (
+                f"( eval {shlex.quote(snippet)} ) </dev/null 2>&1; "
+                f"printf '\\n{tag} %d %d\\n' {seq} \"$?\"\n"
+            )
+            req.stderr = b""  # nothing comes on stderr for this one
+        else:
+            frame = (
+                f"( eval {shlex.quote(snippet)} ) </dev/null; "
+                f"printf '\\n{tag} %d %d\\n' {seq} \"$?\"; "
+                f"printf '\\n{tag} %d\\n' {seq} >&2\n"
+            )
+            self._err.waiting.append(req)
         self._out.waiting.append(req)
-        self._err.waiting.append(req)
         self._inflight += 1
         # Requests made in the same loop iteration go out in one channel
         # write: one SSH packet (one encryption, one send) for many launches.

@@ -136,7 +136,9 @@ class HostPool:
         link = await open_link(self.cfg)
         link.close()
 
-    async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
+    async def run(
+        self, snippet: str, timeout: float | None = None, *, merge_stderr: bool = False
+    ) -> CommandResult:
         """Run a POSIX shell snippet over a control session (one round trip).
 
         The snippet runs in a subshell of the persistent remote sh, with stdin
@@ -144,6 +146,8 @@ class HostPool:
         processes writing to its stdout/stderr.  Quote values with shlex.quote.
         Raises SshTimeoutError past ``timeout`` (default ``command_timeout``),
         SshConnectionLost if the connection dies while it runs.
+        ``merge_stderr``: its stderr comes back inside stdout (one packet
+        fewer per request; see ssh/control.py).
         """
         limit = self.cfg.command_timeout if timeout is None else timeout
         last: SshError | None = None
@@ -157,7 +161,7 @@ class HostPool:
                 session = self._state.control_session(lease)
                 if session is None or not session.usable:
                     continue  # changed under us before anything was sent: retry
-                return await session.run(snippet, limit)
+                return await session.run(snippet, limit, merge_stderr=merge_stderr)
             finally:
                 self._release(lease)
         raise last or SshConnectionLost(self.label, "no usable control session")

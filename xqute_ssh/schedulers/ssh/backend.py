@@ -395,7 +395,7 @@ class SshBackend:
             task: asyncio.Future[CommandResult] = part.future
         else:  # the request carries the script: sent on its own
             part = None
-            task = asyncio.ensure_future(host.run(request))
+            task = asyncio.ensure_future(host.run_launch(request))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

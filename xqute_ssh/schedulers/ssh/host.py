@@ -59,7 +59,7 @@ class SshHost:
         #: workdir -> the workdir as this host sees it (see mounted()).
         self._mounted_roots: dict[str, str] = {}
         #: Launches over the control session, batched under load.
-        self.launches = LaunchBatcher(self.run, self.label)
+        self.launches = LaunchBatcher(self.run_launch, self.label)
         #: The end-event relay (events.py); None when nobody listens.
         self.events: EndEvents | None = (
             EndEvents(self.label, on_end, self.run, self._listen) if on_end else None
@@ -97,6 +97,12 @@ class SshHost:
 
     async def run(self, snippet: str, timeout: float | None = None) -> CommandResult:
         return await self.pool.run(snippet, timeout=timeout)
+
+    async def run_launch(self, snippet: str) -> CommandResult:
+        """A launch: what it says on stderr (a redirection that failed, say)
+        comes back in its stdout, where the launch's error names it; one
+        packet per reply (see ssh/control.py)."""
+        return await self.pool.run(snippet, merge_stderr=True)
 
     async def _listen(
         self, factory: Callable[[str, int], asyncssh.SSHTCPSession[bytes]]

@@ -69,9 +69,10 @@ def collect_output(snippet: str) -> str:
     If the batch dies midway nothing is printed, and the reply fails to
     cut, as a partial one did before: each caller then looks for its job's
     ``job.pid``.  The substitution drops trailing newlines; the ``printf``
-    ends the output with one, and :func:`split_reply` cuts on lines.
+    ends the output with one, and :func:`split_reply` cuts on lines.  What
+    a part says on stderr is collected in place, within its own part.
     """
-    return f"xq_o=$(\n{snippet}\n); printf '%s\\n' \"$xq_o\""
+    return f"xq_o=$( {{\n{snippet}\n}} 2>&1 ); printf '%s\\n' \"$xq_o\""
 
 
 def split_reply(text: str, n: int) -> list[str] | None:
