@@ -321,6 +321,40 @@ async def test_hooks_fire_in_order(tmp_path: Path) -> None:
     assert "rec-order" not in plugin.get_enabled_plugin_names()
 
 
+async def test_feed_hooks_follow_the_runs_plugins_wherever_they_come_from(
+    tmp_path: Path,
+) -> None:
+    """feed() skips simplug's context when no plugin implements its hooks
+    (a cost per job); a registered plugin that implements them still runs,
+    and one the run's plugin list turns off still does not."""
+    seen: list[str] = []
+
+    class Registered:
+        name = "feed-registered"
+
+        @plugin.impl
+        async def on_job_queued(scheduler, job):
+            seen.append(f"registered {job.index}")
+
+    class Other:
+        name = "feed-other"
+
+        @plugin.impl
+        async def on_job_succeeded(scheduler, job):
+            seen.append(f"other ok {job.index}")
+
+    with plugin.plugins_context([Registered, Other]):  # registered for this test only
+        xq = Xqute(workdir=tmp_path / "a", plugins=[Other])  # "+": the rest stay on
+        await xq.feed(["true"])
+        assert seen == ["registered 0"]
+        only = Xqute(workdir=tmp_path / "b", plugins=["feed-other"])  # only this one
+        await only.feed(["true"])
+        assert seen == ["registered 0"]
+        await run(only)
+        assert seen == ["registered 0", "other ok 0"]
+    assert "feed-registered" not in plugin.get_all_plugin_names()
+
+
 async def test_submitting_hook_can_cancel(tmp_path: Path) -> None:
     class Skip:
         name = "skip-odd"
