@@ -96,14 +96,22 @@ async def small(local: bool, fn: Callable[..., _T], *args: Any) -> _T:
     are on a local filesystem, so it may share a hop with the other small
     operations of this loop iteration (see the module doc).  Cloud paths get
     a thread of their own: a slow request must not hold the others up."""
+    result: _T = await small_soon(local, fn, *args)
+    return result
+
+
+def small_soon(local: bool, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """:func:`small` without waiting: the operation leaves with this loop
+    iteration's hop (or its own thread); the future gets its result.  Many
+    issued before the caller yields (a script feeding jobs in a loop) share
+    one hop."""
     if not local:
-        return await asyncio.to_thread(fn, *args)
+        return asyncio.ensure_future(asyncio.to_thread(fn, *args))
     loop = asyncio.get_running_loop()
     hop = _hops.get(loop)
     if hop is None:
         hop = _hops[loop] = _Hop(loop)
-    result: _T = await hop.submit(fn, args)
-    return result
+    return hop.submit(fn, args)
 
 
 def _p(path: PathArg) -> AnyPathLike:

@@ -17,6 +17,7 @@ for); the poller moves it forward through ``Scheduler.transition_job_status``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -121,6 +122,7 @@ class Job:
 
     __slots__ = (
         "_cmd",
+        "_dir_pending",
         "_error_retry",
         "_files",
         "_fresh",
@@ -171,6 +173,10 @@ class Job:
         #: The metadir was made by this process and no attempt has been
         #: prepared in it: there is no earlier attempt to look for.
         self._fresh = False
+        #: The metadir is being made (Xqute.feed with no plugin that needs
+        #: it at once); submission waits for it.  Cleared once it exists;
+        #: kept, with the error, if it could not be made.
+        self._dir_pending: asyncio.Future[bool] | None = None
         self._prepare_pending = False
         self.submitted_at: float | None = None
         self.ended_at: float | None = None

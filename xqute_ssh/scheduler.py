@@ -46,6 +46,13 @@ _SLOT_HOLDING = frozenset(
 LAUNCH_WAIT = 3.0
 
 
+def _dir_error(job: Job, exc: OSError) -> str:
+    return (
+        f"job {job.index}: cannot create its directory {str(job.metadir)!r}: "
+        f"{exc.strerror or exc}; choose another workdir or fix its permissions"
+    )
+
+
 class Scheduler(ABC):
     """Run jobs somewhere and follow them to the end.
 
@@ -203,10 +210,20 @@ class Scheduler(ABC):
         xqute does, so a framework's Job subclass with xqute's signature
         works.  The scheduler's ``post_init`` runs before its first job.
         """
+        job = await self._new_job(index, cmd, envs)
+        try:
+            job._fresh = await fileio.make_dir(job.metadir)
+        except OSError as exc:
+            raise WorkdirError(_dir_error(job, exc)) from exc
+        return job
+
+    async def _new_job(
+        self, index: int, cmd: str | Sequence[Any], envs: Mapping[str, Any] | None
+    ) -> Job:
         if not self._post_init_done:
             await self.post_init()
             self._post_init_done = True
-        job = self.job_class(
+        return self.job_class(
             index=index,
             cmd=cmd,
             workdir=self.workdir,
@@ -214,14 +231,47 @@ class Scheduler(ABC):
             num_retries=self.num_retries,
             envs=envs,
         )
-        try:
-            job._fresh = await fileio.make_dir(job.metadir)
-        except OSError as exc:
-            raise WorkdirError(
-                f"job {index}: cannot create its directory {str(job.metadir)!r}: "
-                f"{exc.strerror or exc}; choose another workdir or fix its permissions"
-            ) from exc
+
+    async def create_job_dir_soon(
+        self,
+        index: int,
+        cmd: str | Sequence[Any],
+        envs: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """:meth:`create_job`, but the directory is made in the background
+        and the job's submission waits for it.
+
+        For ``Xqute.feed`` when no plugin wants the directory at once: a
+        worker-thread hop per job cost ~0.2 ms of CPU, four fifths of a
+        feed; jobs fed one after another share one hop this way.  Not for
+        frameworks, which may write into ``job.metadir`` right away.
+        """
+        job = await self._new_job(index, cmd, envs)
+        pending = fileio.small_soon(fileio.is_local(job.metadir), fileio.make_dir_sync, job.metadir)
+        job._dir_pending = pending
+
+        def made(done: asyncio.Future[bool]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                job._fresh = done.result()
+                job._dir_pending = None  # else kept: submission reports it
+
+        pending.add_done_callback(made)
         return job
+
+    async def _job_dir_made(self, job: Job) -> bool:
+        """Wait for a directory :meth:`create_job_dir_soon` started; False
+        (the job FAILED, the reason logged) if it could not be made."""
+        pending = job._dir_pending
+        if pending is None:
+            return True
+        try:
+            await asyncio.shield(pending)
+            return True
+        except OSError as exc:
+            await self.transition_job_status(
+                job, JobStatus.FAILED, rc=-1, error_msg=f"xqute: {_dir_error(job, exc)}"
+            )
+            return False
 
     # ------------------------------------------------------- wrapper script
     @property
@@ -562,6 +612,8 @@ class Scheduler(ABC):
             # it ended: it joins the life cycle here, so the engine tracks it
             # (and can kill it) like any other job.
             await self.transition_job_status(job, JobStatus.QUEUED)
+        if not await self._job_dir_made(job):
+            return
         if await self.job_is_submitted_or_running(job):
             return
         if self.halted:
