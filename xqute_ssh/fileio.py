@@ -125,7 +125,8 @@ def read_text_sync(path: PathArg) -> str | None:
         if isinstance(target, CloudPath):
             return _read_cloud(target)
         return target.read_text(encoding="utf-8", errors="surrogateescape")
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        # NotADirectory: a file sits where the job's directory should be
         return None
 
 
