@@ -176,7 +176,7 @@ class Job:
         #: The metadir is being made (Xqute.feed with no plugin that needs
         #: it at once); submission waits for it.  Cleared once it exists;
         #: kept, with the error, if it could not be made.
-        self._dir_pending: asyncio.Future[bool] | None = None
+        self._dir_pending: asyncio.Future[None] | OSError | None = None
         self._prepare_pending = False
         self.submitted_at: float | None = None
         self.ended_at: float | None = None

@@ -25,6 +25,7 @@ from . import attempt, fileio, staging
 from .attempt import Action, AttemptRecord
 from .errors import ConfigError, JobSubmissionError, WorkdirError
 from .job import Job, normalize_envs
+from .jobdirs import DirBatcher
 from .outcome import FINAL_FAILURE, failure_line
 from .path import SpecPath
 from .plugin import plugin
@@ -166,6 +167,8 @@ class Scheduler(ABC):
         #: Set by Xqute: put a job back in the submission queue (retries).
         self.requeue: Callable[[Job], None] | None = None
         self._post_init_done = False
+        #: Directories of jobs fed with no plugin watching, made in batches.
+        self._dirs = DirBatcher()
 
     @property
     def subm_batch(self) -> int:
@@ -239,39 +242,30 @@ class Scheduler(ABC):
         envs: Mapping[str, Any] | None = None,
     ) -> Job:
         """:meth:`create_job`, but the directory is made in the background
+        (with the other jobs created before the loop turns: see jobdirs.py)
         and the job's submission waits for it.
 
-        For ``Xqute.feed`` when no plugin wants the directory at once: a
-        worker-thread hop per job cost ~0.2 ms of CPU, four fifths of a
-        feed; jobs fed one after another share one hop this way.  Not for
-        frameworks, which may write into ``job.metadir`` right away.
+        For ``Xqute.feed`` when no plugin looks at the job before then; not
+        for frameworks, which may write into ``job.metadir`` right away.
         """
         job = await self._new_job(index, cmd, envs)
-        pending = fileio.small_soon(fileio.is_local(job.metadir), fileio.make_dir_sync, job.metadir)
-        job._dir_pending = pending
-
-        def made(done: asyncio.Future[bool]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                job._fresh = done.result()
-                job._dir_pending = None  # else kept: submission reports it
-
-        pending.add_done_callback(made)
+        self._dirs.add(job)
         return job
 
     async def _job_dir_made(self, job: Job) -> bool:
         """Wait for a directory :meth:`create_job_dir_soon` started; False
         (the job FAILED, the reason logged) if it could not be made."""
         pending = job._dir_pending
-        if pending is None:
-            return True
-        try:
+        if isinstance(pending, asyncio.Future):
             await asyncio.shield(pending)
-            return True
-        except OSError as exc:
+            pending = job._dir_pending
+        if isinstance(pending, OSError):
+            job._dir_pending = None  # a retry tries again, with the job's files
             await self.transition_job_status(
-                job, JobStatus.FAILED, rc=-1, error_msg=f"xqute: {_dir_error(job, exc)}"
+                job, JobStatus.FAILED, rc=-1, error_msg=f"xqute: {_dir_error(job, pending)}"
             )
             return False
+        return True
 
     # ------------------------------------------------------- wrapper script
     @property
