@@ -49,8 +49,8 @@ class DirBatcher:
         if future is None or not jobs:
             return
         dirs = [job.metadir for job in jobs]
-        local = all(fileio.is_local(d) for d in dirs)
-        done = fileio.small_soon(local, _make_all, dirs)
+        # one scheduler, one workdir: the first says where they all are
+        done = fileio.small_soon(fileio.is_local(dirs[0]), _make_all, dirs)
         done.add_done_callback(lambda d: _settle(jobs, future, d))
 
 
