@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from xqute_ssh import JobStatus, Xqute
 from xqute_ssh.schedulers.ssh import parse_jid
 from xqute_ssh.schedulers.ssh.unshared import default_remote_workdir
@@ -199,3 +201,45 @@ async def test_stage_out_missing_fails_the_job_over_ssh(sshd_cluster_factory, tm
     assert job.status == JobStatus.FAILED
     assert "never made" in read(job.stderr_file.path)
     assert keep.read_text() == "already here\n"
+
+
+async def test_an_end_not_fetched_yet_is_not_called_lost(
+    sshd_cluster_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job ended on its host but its files could not be brought home yet
+    (here: its local job.stdout is blocked; in the wild: the connection
+    dropped mid-fetch, as when sshd restarts).  Its process is gone, but it
+    wrote its end there: the lost-job check must not fail it ("never wrote a
+    final status", seen in CI after an sshd restart), and once the fetch
+    works the job ends as it did on the host."""
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    host = cluster.hosts[0]
+    marker = f"/tmp/xq-unfetched-{os.getpid()}-{tmp_path.name}"
+    host.run(["rm", "-f", marker])
+    opts = {"servers": {"p": host.server_spec()}, "poll_interval": 0.05, "recheck_interval": 1}
+    xq = Xqute("ssh", workdir=workdir, scheduler_opts=opts)
+    job = await xq.feed(["bash", "-c", f"sleep 0.5; echo hi; touch {marker}"])
+    runner = asyncio.create_task(run(xq, timeout=120))
+    try:
+        async with asyncio.timeout(60):  # hang guard: running, then ended on its host
+            while job.status != JobStatus.RUNNING:
+                await asyncio.sleep(0.02)
+            job.stdout_file.path.unlink(missing_ok=True)
+            job.stdout_file.path.mkdir()  # every fetch fails until it goes
+            while host.run(["test", "-e", marker]).returncode != 0:
+                await asyncio.sleep(0.05)
+        # many poll cycles, each with the lost-job check, over an ended job
+        # whose files cannot come home
+        for _ in range(20):
+            await asyncio.sleep(0.1)
+            assert job.status == JobStatus.RUNNING, read(job.stderr_file.path)
+        job.stdout_file.path.rmdir()
+        await runner
+    finally:
+        runner.cancel()
+        host.run(["rm", "-f", marker])
+    assert job.status == JobStatus.FINISHED, read(job.stderr_file.path)
+    assert read(job.stdout_file.path) == "hi\n"
+    said = [r for r in caplog.records if "cannot be brought home" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"], "said once, not at every poll"
+    assert "Is a directory" in said[0].getMessage()

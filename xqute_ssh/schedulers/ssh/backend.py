@@ -115,6 +115,8 @@ class JobState:
     started_jid: str | None = None
     stage_out_errors: list[str] = field(default_factory=list)
     fetch_after_kill: bool = False
+    #: The last fetch failure reported (each poll retries; one warning each).
+    fetch_error: str | None = None
 
 
 class SshBackend:
@@ -601,8 +603,11 @@ class SshBackend:
             for _, ref, _, _ in items:
                 self.fence.forget(ref.index)
             dead = remote.parse_pids(reply.stdout)
-            for i, _, pid, _ in items:
-                if pid in dead:
+            ended = await self._ended_on_host(
+                host, [ref for _, ref, pid, _ in items if pid in dead]
+            )
+            for i, ref, pid, _ in items:
+                if pid in dead and ref.index not in ended:
                     result[i] = Lost(
                         f"the job's process (pid {pid}) on {host.label} is gone "
                         "but it never wrote a final status (killed from outside, "
@@ -613,6 +618,32 @@ class SshBackend:
             for name, items in by_host.items():
                 tg.create_task(check(name, items))
         return result
+
+    async def _ended_on_host(self, host: SshHost, refs: list[JobRef]) -> set[int]:
+        """Of these jobs, whose processes are gone, the ones that wrote their
+        end on a host without the workdir (or that cannot be asked now).
+
+        Such an end may not be home yet: its fetch failed (the connection
+        dropped mid-fetch, as when sshd restarts; a local write failed).
+        Calling the job lost would throw away an end it did write; the poll
+        fetches it once it can.
+        """
+        if not refs or host.shared is not False:
+            return set()
+        try:
+            reply = await host.run(
+                unshared.read_statuses([(r.index, host.job_dir(r.index)) for r in refs])
+            )
+        except SshError as exc:
+            logger.debug("%s: cannot read statuses: %s", host.label, exc)
+            return {r.index for r in refs}  # not now: ask again next check
+        parsed = unshared.parse_statuses(reply.stdout)
+        ended = set()
+        for ref in refs:
+            status = JobStatus.parse(parsed.get(ref.index, ""))
+            if status is not None and status.is_terminal:
+                ended.add(ref.index)
+        return ended
 
     async def _fence_unreachable(
         self,
@@ -731,8 +762,15 @@ class SshBackend:
                     write_outputs, ref, fetched.stdout, fetched.stderr
                 )
         except (SshError, OSError, asyncssh.Error) as exc:
-            logger.warning(
-                "job %s: cannot fetch its files from %s: %s", ref.index, host.label, exc
+            state = self.state(ref.index)
+            # Retried at every poll: say it once, and again only if it changes.
+            level = logging.DEBUG if state.fetch_error == str(exc) else logging.WARNING
+            state.fetch_error = str(exc)
+            logger.log(
+                level,
+                "job %s: it ended, but its files cannot be brought home from %s "
+                "yet (tried again at each poll): %s",
+                ref.index, host.label, exc,
             )
             return False
         if fetched.rc.strip() == "0" and ref.stage_out:
