@@ -29,3 +29,23 @@ def test_joined_paths_are_real_local_paths(tmp_path: Path) -> None:
     f.path.parent.mkdir()
     f.write_text("x")  # delegated to the local side
     assert (tmp_path / "a" / "b.txt").read_text() == "x"
+
+
+def test_importing_the_library_leaves_cloudpathlib_unloaded_until_a_cloud_path_is_used() -> None:
+    """cloudpathlib loads boto3's S3 client where boto3 is installed (~0.15 s,
+    half of the import): local runs and the CLI's start must not pay it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xqute_ssh\n"
+        "from xqute_ssh.path import SpecPath\n"
+        "p = SpecPath('rel/wd') / 'x'\n"
+        "assert 'cloudpathlib' not in sys.modules, 'loaded by a local path'\n"
+        "c = SpecPath('s3://bucket/wd') / 'x'\n"
+        "assert c.is_cloud and not p.is_cloud\n"
+        "print(type(c.path).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "S3Path"

@@ -22,14 +22,14 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from cloudpathlib import CloudPath
-from cloudpathlib.exceptions import CloudPathNotExistsError
+from .path import AnyPathLike, SpecPath, is_cloud
 
-from .path import AnyPathLike, SpecPath
+if TYPE_CHECKING:
+    from cloudpathlib import CloudPath
 
-PathArg = AnyPathLike | SpecPath
+PathArg: TypeAlias = "AnyPathLike | SpecPath"
 
 
 to_thread = asyncio.to_thread
@@ -122,7 +122,7 @@ def read_text_sync(path: PathArg) -> str | None:
     """The file's text, or None when it does not exist."""
     target = _p(path)
     try:
-        if isinstance(target, CloudPath):
+        if is_cloud(target):
             return _read_cloud(target)
         return target.read_text(encoding="utf-8", errors="surrogateescape")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -139,6 +139,8 @@ def _read_cloud(path: CloudPath) -> str:
     """
     with tempfile.TemporaryDirectory(prefix="xqute-ssh-") as tmp:
         local = Path(tmp) / "f"
+        from cloudpathlib.exceptions import CloudPathNotExistsError
+
         try:
             path.download_to(local)
         except CloudPathNotExistsError:
@@ -159,7 +161,7 @@ def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
     news yet", as they do an empty read).
     """
     target = _p(path)
-    if isinstance(target, CloudPath):
+    if is_cloud(target):
         target.write_text(text)
         return
     data = text.encode("utf-8", "surrogateescape")
@@ -179,7 +181,7 @@ def write_text_sync(path: PathArg, text: str, mode: int = 0o644) -> None:
 
 def append_text_sync(path: PathArg, text: str) -> None:
     target = _p(path)
-    if isinstance(target, CloudPath):
+    if is_cloud(target):
         target.write_text((read_text_sync(target) or "") + text)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,7 @@ def unlink_sync(path: PathArg) -> None:
 
 def write_bytes_sync(path: PathArg, data: bytes) -> None:
     target = _p(path)
-    if isinstance(target, CloudPath):
+    if is_cloud(target):
         target.write_bytes(data)
         return
     with open(target, "wb") as fh:
@@ -204,7 +206,7 @@ def write_bytes_sync(path: PathArg, data: bytes) -> None:
 def upload_sync(local: Path, dest: PathArg) -> None:
     """Copy a local file to ``dest`` (local or cloud), streamed, not in memory."""
     target = _p(dest)
-    if isinstance(target, CloudPath):
+    if is_cloud(target):
         target.upload_from(local, force_overwrite_to_cloud=True)
     else:
         shutil.copyfile(local, target)
@@ -213,7 +215,7 @@ def upload_sync(local: Path, dest: PathArg) -> None:
 def move_sync(src: PathArg, dst: PathArg) -> None:
     """Move a file if it exists (a missing source is not an error)."""
     s, d = _p(src), _p(dst)
-    if isinstance(s, CloudPath) or isinstance(d, CloudPath):
+    if is_cloud(s) or is_cloud(d):
         if s.exists():
             s.rename(d)  # type: ignore[arg-type]
         return
@@ -223,7 +225,7 @@ def move_sync(src: PathArg, dst: PathArg) -> None:
 
 def rmtree_sync(path: PathArg) -> None:
     target = _p(path)
-    if isinstance(target, CloudPath):
+    if is_cloud(target):
         if target.exists():
             target.rmtree()
         return

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from cloudpathlib import AnyPath, CloudPath
+if TYPE_CHECKING:
+    from cloudpathlib import CloudPath
+    from typing_extensions import TypeIs
 
-AnyPathLike = Path | CloudPath
-MountedPath = PurePosixPath | CloudPath
+AnyPathLike: TypeAlias = "Path | CloudPath"
+MountedPath: TypeAlias = "PurePosixPath | CloudPath"
+
+
+def is_cloud(value: object) -> TypeIs[CloudPath]:
+    """Whether ``value`` is a cloudpathlib path, without importing cloudpathlib.
+
+    Importing it costs ~0.15 s where boto3 is installed (it loads its S3
+    client), half of ``import xqute_ssh``, and most runs use no cloud path.
+    A CloudPath object can only exist once its module is loaded, so a module
+    not loaded yet means "not a cloud path".
+    """
+    module = sys.modules.get("cloudpathlib")
+    return module is not None and isinstance(value, module.CloudPath)
 
 
 def as_path(value: str | os.PathLike[str] | CloudPath) -> AnyPathLike:
@@ -26,11 +41,16 @@ def as_path(value: str | os.PathLike[str] | CloudPath) -> AnyPathLike:
     that is given it would resolve it against its own login directory (the
     remote home), which is not what the user meant.
     """
-    if isinstance(value, CloudPath):
+    if is_cloud(value):
         return value
     if isinstance(value, Path):
         return value.expanduser().absolute()
-    path = AnyPath(str(value))
+    text = str(value)
+    if "://" not in text:  # no scheme: local, and no cloudpathlib needed
+        return Path(text).expanduser().absolute()
+    from cloudpathlib import AnyPath
+
+    path = AnyPath(text)
     if isinstance(path, Path):
         return path.expanduser().absolute()
     return path
@@ -59,7 +79,7 @@ class SpecPath(os.PathLike[str]):
         self._mounted: MountedPath | None
         if mounted is None:
             self._mounted = None
-        elif isinstance(mounted, CloudPath):
+        elif is_cloud(mounted):
             self._mounted = mounted
         else:
             text = str(mounted)
@@ -74,13 +94,13 @@ class SpecPath(os.PathLike[str]):
         """The same path as the job's host sees it."""
         if self._mounted is not None:
             return self._mounted
-        if isinstance(self.path, CloudPath):
+        if is_cloud(self.path):
             return self.path
         return PurePosixPath(str(self.path))
 
     @property
     def is_cloud(self) -> bool:
-        return isinstance(self.path, CloudPath)
+        return is_cloud(self.path)
 
     @property
     def name(self) -> str:
@@ -103,7 +123,7 @@ class SpecPath(os.PathLike[str]):
         return self.joinpath(part)
 
     def __fspath__(self) -> str:
-        if isinstance(self.path, CloudPath):
+        if is_cloud(self.path):
             raise TypeError(f"{self.path} is a cloud path, not a local file path")
         return os.fspath(self.path)
 
