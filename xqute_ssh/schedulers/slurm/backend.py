@@ -140,6 +140,8 @@ class SlurmBackend:
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._pending_rm: list[str] = []
+        #: job -> the last fetch failure reported (each poll retries; one warning each)
+        self._fetch_errors: dict[int, str] = {}
         self.submitter = Submitter(
             self._run_for_submitter,
             self.label,
@@ -452,8 +454,17 @@ class SlurmBackend:
             else:
                 await fileio.to_thread(write_outputs, ref, fetched.stdout, fetched.stderr)
         except (SshError, OSError) as exc:
-            logger.warning("job %s: cannot fetch its files from %s: %s", ref.index, self.label, exc)
+            # Retried at every poll: say it once, and again only if it changes.
+            said = self._fetch_errors.get(ref.index) == str(exc)
+            self._fetch_errors[ref.index] = str(exc)
+            logger.log(
+                logging.DEBUG if said else logging.WARNING,
+                "job %s: it ended, but its files cannot be brought home from %s "
+                "yet (tried again at each poll): %s",
+                ref.index, self.label, exc,
+            )
             return False
+        self._fetch_errors.pop(ref.index, None)
         if not lost and not await fileio.to_thread(write_end, ref, fetched.rc):
             return False
         self._pending_rm.append(d + "/job.pid" if self.spec.keep_remote else d)

@@ -773,6 +773,7 @@ class SshBackend:
                 ref.index, host.label, exc,
             )
             return False
+        self.state(ref.index).fetch_error = None
         if fetched.rc.strip() == "0" and ref.stage_out:
             # Before the remote directory is scheduled for removal.
             self.state(ref.index).stage_out_errors = await self._stage_out_remote(
