@@ -24,6 +24,8 @@ from xqute_ssh.cli import main
 from xqute_ssh.cli.args import (
     DEFAULT_FORKS_PER_SERVER,
     UsageError,
+    build_parser,
+    make_plan,
     scheduler_options,
     substitute,
 )
@@ -720,3 +722,12 @@ def test_mistyped_flags_and_commands_get_a_suggestion(capsys: pytest.CaptureFixt
     assert "did you mean 'run'?" in capsys.readouterr().err
     assert cli("status", "--jsn") == 2
     assert "did you mean --json?" in capsys.readouterr().err
+
+
+def test_forks_is_the_same_flag_as_jobs() -> None:
+    """`forks` is the word of the API and of the servers file: a user who
+    types --forks gets -j, not "did you mean --workdir?"."""
+    parser = build_parser()
+    for flag in ("-j", "--jobs", "--forks"):
+        ns = parser.parse_args(["run", flag, "3", "--", "true"])
+        assert make_plan(ns).forks == 3, flag

@@ -32,7 +32,7 @@ PLACEHOLDER = "{}"
 #: Xqute parameters that have a flag of their own; a servers file may not set
 #: them at top level (the value would clash with the flag's).
 _FLAG_OWNED = {
-    "forks": "-j/--jobs (per-server forks go under [servers.NAME])",
+    "forks": "-j/--jobs/--forks (per-server forks go under [servers.NAME])",
     "workdir": "-w/--workdir",
     "error_strategy": "--retries/--halt",
     "num_retries": "--retries",
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "-j",
         "--jobs",
+        "--forks",  # the API's and the servers file's word for it
         type=_forks,
         metavar="FORKS",
         help="jobs running at once, over all hosts, spread evenly over "
