@@ -494,8 +494,18 @@ def test_forks_below_one_rejected(tmp_path: Path, forks) -> None:
 
 
 def test_unknown_scheduler_option_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="timeuot"):
+    with pytest.raises(ConfigError, match="'timeuot' \\(did you mean 'timeout'\\?\\)"):
         Xqute(workdir=tmp_path, scheduler_opts={"timeuot": 3})
+
+
+def test_unknown_ssh_option_names_the_one_meant(tmp_path: Path) -> None:
+    """A typo in an option that is a default for every server (taken by
+    name, not a parameter) is matched too, and the known ones are listed."""
+    with pytest.raises(ConfigError) as err:
+        Xqute("ssh", workdir=tmp_path, scheduler_opts={"servers": ["h"], "keyfle": "k", "zzz": 1})
+    text = str(err.value)
+    assert "'keyfle' (did you mean 'keyfile'?), 'zzz';" in text
+    assert "known: " in text and "lost_after" in text and "poll_interval" in text
 
 
 def test_bad_error_strategy(tmp_path: Path) -> None:

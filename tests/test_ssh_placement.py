@@ -83,7 +83,7 @@ def test_servers_list_and_mapping(tmp_path) -> None:
         (["bob@:22"], "invalid host entry"),
         (["h:0"], "outside 1..65535"),
         (["h:abc"], "port must be an integer"),
-        ({"a": {"prot": 22}}, "'prot'"),
+        ({"a": {"prot": 22}}, "'prot' \\(did you mean 'port'\\?\\)"),
         ({"a": {"forks": -1}}, "forks"),
         ({"a": {"shared_fs": "yes"}}, "shared_fs"),
     ],

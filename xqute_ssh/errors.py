@@ -7,6 +7,9 @@ where there is one, what to do about it.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class XquteError(Exception):
     """Root of every error raised on purpose by xqute_ssh.
@@ -20,6 +23,18 @@ class XquteError(Exception):
 
 class ConfigError(XquteError, ValueError):
     """Bad input detected before anything runs (a ValueError too)."""
+
+
+def unknown_names(names: Iterable[str], known: Iterable[str]) -> str:
+    """``'pol_interval' (did you mean 'poll_interval'?), 'x'``: what a
+    ConfigError about unknown options says, each with its closest known
+    name when one is close (a typo is the usual cause)."""
+    choices = sorted(known)
+    parts = []
+    for name in sorted(names):
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+        parts.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return ", ".join(parts)
 
 
 class JobSubmissionError(XquteError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 
 from . import attempt, fileio, staging
 from .attempt import Action, AttemptRecord
-from .errors import ConfigError, JobSubmissionError, WorkdirError
+from .errors import ConfigError, JobSubmissionError, WorkdirError, unknown_names
 from .job import Job, normalize_envs
 from .jobdirs import DirBatcher
 from .outcome import FINAL_FAILURE, failure_line
@@ -93,6 +94,9 @@ class Scheduler(ABC):
     #: ``Job.prepare_pending_sync``, in the thread hop of its own writes)
     #: instead of before it is called: one worker-thread hop per job fewer.
     defer_prepare: ClassVar[bool] = False
+    #: Options a subclass takes out of ``**kwargs`` by name rather than by
+    #: parameter (listed, with its parameters, when an option is unknown).
+    extra_options: ClassVar[frozenset[str]] = frozenset()
     job_class: type[Job] = Job
 
     def __init__(
@@ -116,9 +120,10 @@ class Scheduler(ABC):
         **kwargs: Any,
     ) -> None:
         if kwargs:
-            names = ", ".join(sorted(kwargs))
+            known = _init_parameters(type(self))
             raise ConfigError(
-                f"unknown option(s) for the {self.name} scheduler: {names}"
+                f"unknown option(s) for the {self.name} scheduler: "
+                f"{unknown_names(kwargs, known)}; known: {', '.join(sorted(known))}"
             )
         if not isinstance(forks, int) or isinstance(forks, bool) or forks < 1:
             raise ConfigError(f"forks must be a whole number >= 1, got {forks!r}")
@@ -924,3 +929,19 @@ def _list(value: Any) -> list[str]:
 def _join(parts: Any) -> str:
     return "\n".join(p.rstrip("\n") for p in _list(parts) if p and p.strip())
 
+
+def _init_parameters(cls: type) -> set[str]:
+    """The keyword options a scheduler class takes: its ``__init__`` and its
+    bases' (each passes what it does not know on with ``**kwargs``)."""
+    names: set[str] = set(getattr(cls, "extra_options", ()))
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.name != "self" and param.kind in (
+                param.POSITIONAL_OR_KEYWORD,
+                param.KEYWORD_ONLY,
+            ):
+                names.add(param.name)
+    return names

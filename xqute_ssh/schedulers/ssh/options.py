@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ...errors import ConfigError
+from ...errors import ConfigError, unknown_names
 from ...ssh import HostConfig
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
 
@@ -70,7 +70,7 @@ def _check_keys(where: str, options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - SERVER_KEYS)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"{where}: unknown option(s) {unknown_names(unknown, SERVER_KEYS)}; "
             f"known: {', '.join(sorted(SERVER_KEYS))}"
         )
 
@@ -109,6 +109,10 @@ def _check_keyfiles(where: str, keyfiles: Sequence[str]) -> None:
                 f"(mode {stat.S_IMODE(mode):04o}); OpenSSH refuses such keys: "
                 f"chmod 600 {keyfile}"
             )
+
+
+#: Scheduler-level options that are defaults for every server.
+SERVER_DEFAULT_OPTIONS = frozenset(CONNECTION_KEYS | {"shared_fs", "forks_per_server"})
 
 
 def pop_server_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:

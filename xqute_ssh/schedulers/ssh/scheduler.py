@@ -25,7 +25,7 @@ from ..jobref import JobRef, ref_of
 from .backend import SshBackend, parse_jid
 from .fencing import Fence
 from .host import SshHost
-from .options import parse_servers, pop_server_defaults
+from .options import SERVER_DEFAULT_OPTIONS, parse_servers, pop_server_defaults
 from .placement import Placement
 
 logger = logging.getLogger("xqute_ssh")
@@ -55,6 +55,8 @@ class SshScheduler(Scheduler):
     name = "ssh"
     # backend.submit writes job.cmd and SUBMITTED with the script (jobref.py)
     defer_prepare = True
+    # defaults for every server (pop_server_defaults)
+    extra_options = SERVER_DEFAULT_OPTIONS
 
     def __init__(
         self,
