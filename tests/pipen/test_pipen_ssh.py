@@ -203,7 +203,10 @@ def test_unknown_option_is_a_clear_error(tmp_path: Path) -> None:
     cfg = config(tmp_path, "ok", "xqute_ssh", scheduler_opts={"servers": ["localhost"], "sevrers_x": 1})
     r = run(cfg)
     assert r.returncode != 0
-    assert "unknown scheduler_opts for the xqute_ssh scheduler: sevrers_x" in r.log
+    assert (
+        "unknown scheduler_opts for the xqute_ssh scheduler: 'sevrers_x' "
+        "(did you mean 'servers'?)" in r.log
+    )
 
 
 def _outcome(r: Any) -> dict[str, Any]:

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from .. import fileio
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_names
 from ..path import SpecPath
 from ..scheduler import DEFAULT_SHEBANG
 from ..scheduler import Scheduler as OurScheduler
@@ -79,10 +79,10 @@ def _ours(path: Any) -> SpecPath:
 def _check_options(name: str, kwargs: Mapping[str, Any], own: Sequence[str]) -> None:
     unknown = sorted(set(kwargs) - XQUTE_OPTIONS)
     if unknown:
-        known = ", ".join(sorted(set(own) | XQUTE_OPTIONS))
+        known = set(own) | XQUTE_OPTIONS
         raise ConfigError(
-            f"unknown scheduler_opts for the {name} scheduler: {', '.join(unknown)}; "
-            f"known: {known}"
+            f"unknown scheduler_opts for the {name} scheduler: "
+            f"{unknown_names(unknown, known)}; known: {', '.join(sorted(known))}"
         )
 
 
