@@ -137,10 +137,10 @@ def _read_cloud(path: CloudPath) -> str:
     keep to the second: a file rewritten within the same second (SUBMITTED
     then FINISHED) could be served stale.  Status files are tiny: download.
     """
+    from cloudpathlib.exceptions import CloudPathNotExistsError
+
     with tempfile.TemporaryDirectory(prefix="xqute-ssh-") as tmp:
         local = Path(tmp) / "f"
-        from cloudpathlib.exceptions import CloudPathNotExistsError
-
         try:
             path.download_to(local)
         except CloudPathNotExistsError:
