@@ -243,3 +243,46 @@ async def test_an_end_not_fetched_yet_is_not_called_lost(
     said = [r for r in caplog.records if "cannot be brought home" in r.getMessage()]
     assert [r.levelname for r in said] == ["WARNING"], "said once, not at every poll"
     assert "Is a directory" in said[0].getMessage()
+
+
+async def test_an_end_that_cannot_come_home_fails_with_why_and_is_not_rerun(
+    sshd_cluster_factory, tmp_path: Path
+) -> None:
+    """Fetches failing for lost_after seconds (here a directory where the
+    job's stdout goes; a full disk in the wild) end the wait: the job fails
+    with the real reason instead of keeping the run going for ever, is not
+    run again under retry (it did run), and a later run on the workdir
+    brings its end home."""
+    cluster, workdir = private_cluster(sshd_cluster_factory, tmp_path)
+    host = cluster.hosts[0]
+    marker = f"/tmp/xq-nohome-{os.getpid()}-{tmp_path.name}"
+    host.run(["rm", "-f", marker])
+    servers = {"p": host.server_spec()}
+    opts = {"servers": servers, "poll_interval": 0.05, "recheck_interval": 1, "lost_after": 1}
+    cmd = ["bash", "-c", f"echo run >> {marker}; sleep 0.5; echo hi"]
+    xq = Xqute("ssh", workdir=workdir, scheduler_opts=opts, error_strategy="retry", num_retries=2)
+    job = await xq.feed(cmd)
+    runner = asyncio.create_task(run(xq, timeout=60))  # must end, not wait for ever
+    blocked = job.stdout_file.path
+    try:
+        async with asyncio.timeout(60):  # hang guard
+            while job.status != JobStatus.RUNNING:
+                await asyncio.sleep(0.02)
+        blocked.unlink(missing_ok=True)
+        blocked.mkdir()  # every fetch fails from now on
+        await runner
+        assert job.status == JobStatus.FAILED
+        err = read(job.stderr_file.path)
+        assert "ended FINISHED" in err and "could not be brought home" in err, err
+        assert "Is a directory" in err
+        assert host.run(["cat", marker]).stdout == "run\n", "ran again"
+        blocked.rmdir()
+        again = Xqute("ssh", workdir=workdir, scheduler_opts={"servers": servers})
+        job2 = await again.feed(cmd)
+        await run(again, timeout=60)
+        assert job2.status == JobStatus.FINISHED, read(job2.stderr_file.path)
+        assert read(job2.stdout_file.path) == "hi\n"
+        assert host.run(["cat", marker]).stdout == "run\n", "ran again"
+    finally:
+        runner.cancel()
+        host.run(["rm", "-f", marker])

@@ -117,6 +117,8 @@ class JobState:
     fetch_after_kill: bool = False
     #: The last fetch failure reported (each poll retries; one warning each).
     fetch_error: str | None = None
+    #: When the fetches of its ended attempt began to fail (monotonic), if they do.
+    fetch_failing_since: float | None = None
 
 
 class SshBackend:
@@ -607,7 +609,9 @@ class SshBackend:
                 host, [ref for _, ref, pid, _ in items if pid in dead]
             )
             for i, ref, pid, _ in items:
-                if pid in dead and ref.index not in ended:
+                if pid in dead and ref.index in ended:
+                    result[i] = ended[ref.index]
+                elif pid in dead:
                     result[i] = Lost(
                         f"the job's process (pid {pid}) on {host.label} is gone "
                         "but it never wrote a final status (killed from outside, "
@@ -619,30 +623,50 @@ class SshBackend:
                 tg.create_task(check(name, items))
         return result
 
-    async def _ended_on_host(self, host: SshHost, refs: list[JobRef]) -> set[int]:
+    async def _ended_on_host(
+        self, host: SshHost, refs: list[JobRef]
+    ) -> dict[int, Lost | None]:
         """Of these jobs, whose processes are gone, the ones that wrote their
-        end on a host without the workdir (or that cannot be asked now).
+        end on a host without the workdir (or that cannot be asked now):
+        None while their end may still come home, else why it will not.
 
         Such an end may not be home yet: its fetch failed (the connection
         dropped mid-fetch, as when sshd restarts; a local write failed).
         Calling the job lost would throw away an end it did write; the poll
-        fetches it once it can.
+        fetches it once it can.  Fetches failing for ``lost_after`` seconds
+        end the wait (a full disk here would otherwise keep the run going
+        for ever): the job fails with that reason, its files left on the host.
         """
         if not refs or host.shared is not False:
-            return set()
+            return {}
         try:
             reply = await host.run(
                 unshared.read_statuses([(r.index, host.job_dir(r.index)) for r in refs])
             )
         except SshError as exc:
             logger.debug("%s: cannot read statuses: %s", host.label, exc)
-            return {r.index for r in refs}  # not now: ask again next check
+            return dict.fromkeys((r.index for r in refs), None)  # ask again next check
         parsed = unshared.parse_statuses(reply.stdout)
-        ended = set()
+        now = time.monotonic()
+        ended: dict[int, Lost | None] = {}
         for ref in refs:
             status = JobStatus.parse(parsed.get(ref.index, ""))
-            if status is not None and status.is_terminal:
-                ended.add(ref.index)
+            if status is None or not status.is_terminal:
+                continue
+            state = self.state(ref.index)
+            since = state.fetch_failing_since
+            if since is None or now - since < self.lost_after:
+                ended[ref.index] = None
+                continue
+            ended[ref.index] = Lost(
+                f"it ended {status.name} on {host.label}, but its files could not "
+                f"be brought home for {now - since:.0f}s ({state.fetch_error}); "
+                f"they are left there in {host.job_dir(ref.index)}",
+                # It ran: never again elsewhere.  Its files stay as they are
+                # and a later run on this workdir fetches its end.
+                fenced=f"it ended on {host.label}; a later run on this workdir "
+                "brings its files home",
+            )
         return ended
 
     async def _fence_unreachable(
@@ -763,6 +787,8 @@ class SshBackend:
                 )
         except (SshError, OSError, asyncssh.Error) as exc:
             state = self.state(ref.index)
+            if state.fetch_failing_since is None:
+                state.fetch_failing_since = time.monotonic()
             # Retried at every poll: say it once, and again only if it changes.
             level = logging.DEBUG if state.fetch_error == str(exc) else logging.WARNING
             state.fetch_error = str(exc)
@@ -773,7 +799,8 @@ class SshBackend:
                 ref.index, host.label, exc,
             )
             return False
-        self.state(ref.index).fetch_error = None
+        state = self.state(ref.index)
+        state.fetch_error = state.fetch_failing_since = None
         if fetched.rc.strip() == "0" and ref.stage_out:
             # Before the remote directory is scheduled for removal.
             self.state(ref.index).stage_out_errors = await self._stage_out_remote(
