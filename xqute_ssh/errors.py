@@ -25,6 +25,12 @@ class ConfigError(XquteError, ValueError):
     """Bad input detected before anything runs (a ValueError too)."""
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` was probably meant to be (a typo), if one is close."""
+    match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
 def unknown_names(names: Iterable[str], known: Iterable[str]) -> str:
     """``'pol_interval' (did you mean 'poll_interval'?), 'x'``: what a
     ConfigError about unknown options says, each with its closest known
@@ -32,8 +38,8 @@ def unknown_names(names: Iterable[str], known: Iterable[str]) -> str:
     choices = sorted(known)
     parts = []
     for name in sorted(names):
-        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-        parts.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+        guess = closest(name, choices)
+        parts.append(f"{name!r} (did you mean {guess!r}?)" if guess else repr(name))
     return ", ".join(parts)
 
 

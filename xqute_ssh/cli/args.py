@@ -9,7 +9,6 @@ that must be readable, server specs, a servers file, each job's command), so
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import os
 import re
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 from ..job import normalize_cmd
 from . import gnu
 
@@ -331,11 +330,6 @@ def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Ar
     raise KeyError(name)  # pragma: no cover
 
 
-def _closest(word: str, choices: Sequence[str]) -> str | None:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
 def suggest_command(parser: argparse.ArgumentParser, args: Sequence[str]) -> str | None:
     """An error with a suggestion for a mistyped subcommand (``rnu``), else None."""
     if not args or args[0].startswith("-"):
@@ -344,7 +338,7 @@ def suggest_command(parser: argparse.ArgumentParser, args: Sequence[str]) -> str
     choices = list(names[0].choices) if names else []
     if args[0] in choices:
         return None
-    guess = _closest(args[0], choices)
+    guess = closest(args[0], choices)
     hint = f"; did you mean {guess!r}?" if guess else ""
     return f"unknown command {args[0]!r} (choose from {', '.join(choices)}){hint}"
 
@@ -355,7 +349,7 @@ def unknown_options_message(sub: argparse.ArgumentParser, extra: Sequence[str]) 
     parts = []
     for word in extra:
         flag = word.split("=", 1)[0]
-        guess = _closest(flag, options) if flag.startswith("--") else None
+        guess = closest(flag, options) if flag.startswith("--") else None
         parts.append(f"{word} (did you mean {guess}?)" if guess else word)
     noun = "argument" if len(extra) == 1 else "arguments"
     return f"unrecognized {noun}: {', '.join(parts)}"

@@ -11,6 +11,7 @@ way the wrapper does, for backends that bring the end home themselves.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -123,3 +124,19 @@ def write_end(ref: JobRef, rc: str) -> bool:
     status = JobStatus.FINISHED if code == 0 else JobStatus.FAILED
     fileio.write_text_sync(ref.status_file, f"{int(status)}\n")
     return True
+
+
+def log_fetch_failure(index: int, where: str, exc: BaseException, said: str | None) -> str:
+    """Log that an ended job's files could not be brought home from
+    ``where``; returns what was said, to pass back as ``said`` next time.
+
+    The fetch is tried again at every poll: say it once (WARNING), and again
+    only when the error changes."""
+    text = str(exc)
+    logging.getLogger("xqute_ssh").log(
+        logging.DEBUG if said == text else logging.WARNING,
+        "job %s: it ended, but its files cannot be brought home from %s "
+        "yet (tried again at each poll): %s",
+        index, where, exc,
+    )
+    return text

@@ -43,7 +43,7 @@ from ...path import SpecPath
 from ...ssh import CommandResult, HostPool
 from ...ssh.config import DEFAULT_KNOWN_HOSTS
 from ...status import JobStatus
-from ..jobref import JobRef, write_end, write_outputs
+from ..jobref import JobRef, log_fetch_failure, write_end, write_outputs
 from ..ssh import unshared
 from ..ssh.options import parse_servers
 from . import commands, options
@@ -454,14 +454,8 @@ class SlurmBackend:
             else:
                 await fileio.to_thread(write_outputs, ref, fetched.stdout, fetched.stderr)
         except (SshError, OSError) as exc:
-            # Retried at every poll: say it once, and again only if it changes.
-            said = self._fetch_errors.get(ref.index) == str(exc)
-            self._fetch_errors[ref.index] = str(exc)
-            logger.log(
-                logging.DEBUG if said else logging.WARNING,
-                "job %s: it ended, but its files cannot be brought home from %s "
-                "yet (tried again at each poll): %s",
-                ref.index, self.label, exc,
+            self._fetch_errors[ref.index] = log_fetch_failure(
+                ref.index, self.label, exc, self._fetch_errors.get(ref.index)
             )
             return False
         self._fetch_errors.pop(ref.index, None)

@@ -62,7 +62,7 @@ from ...ssh.health import (
     HostHealth,
 )
 from ...status import JobStatus
-from ..jobref import JobRef, write_end, write_outputs
+from ..jobref import JobRef, log_fetch_failure, write_end, write_outputs
 from . import remote, unshared
 from .fencing import Fence, Verdict
 from .host import SshHost
@@ -789,21 +789,13 @@ class SshBackend:
             state = self.state(ref.index)
             if state.fetch_failing_since is None:
                 state.fetch_failing_since = time.monotonic()
-            # Retried at every poll: say it once, and again only if it changes.
-            level = logging.DEBUG if state.fetch_error == str(exc) else logging.WARNING
-            state.fetch_error = str(exc)
-            logger.log(
-                level,
-                "job %s: it ended, but its files cannot be brought home from %s "
-                "yet (tried again at each poll): %s",
-                ref.index, host.label, exc,
-            )
+            state.fetch_error = log_fetch_failure(ref.index, host.label, exc, state.fetch_error)
             return False
         state = self.state(ref.index)
         state.fetch_error = state.fetch_failing_since = None
         if fetched.rc.strip() == "0" and ref.stage_out:
             # Before the remote directory is scheduled for removal.
-            self.state(ref.index).stage_out_errors = await self._stage_out_remote(
+            state.stage_out_errors = await self._stage_out_remote(
                 ref, host, job_dir
             )
         status = await fileio.to_thread(write_end, ref, fetched.rc)

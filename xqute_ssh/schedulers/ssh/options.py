@@ -111,8 +111,10 @@ def _check_keyfiles(where: str, keyfiles: Sequence[str]) -> None:
             )
 
 
-#: Scheduler-level options that are defaults for every server.
-SERVER_DEFAULT_OPTIONS = frozenset(CONNECTION_KEYS | {"shared_fs", "forks_per_server"})
+#: Scheduler-level options that are defaults for every server, as named
+#: there (``forks_per_server`` is each server's ``forks``).
+_DEFAULT_KEYS = CONNECTION_KEYS | {"shared_fs"}
+SERVER_DEFAULT_OPTIONS = frozenset(_DEFAULT_KEYS | {"forks_per_server"})
 
 
 def pop_server_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def pop_server_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
     Both front ends (our ``SshScheduler`` and pipen's) accept them at the top
     level of ``scheduler_opts``; what is left belongs to the scheduler itself.
     """
-    defaults = {k: kwargs.pop(k) for k in list(kwargs) if k in CONNECTION_KEYS | {"shared_fs"}}
+    defaults = {k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULT_KEYS}
     if "forks_per_server" in kwargs:
         defaults["forks"] = kwargs.pop("forks_per_server")
     defaults.setdefault("known_hosts", DEFAULT_KNOWN_HOSTS)
